@@ -1,0 +1,15 @@
+"""cspnet: Cross Stage Partial Networks (Wang et al., CVPRW 2020) in PyTorch."""
+
+from .csp import PRESETS, ConcatStack, CrossStagePartial, cspify
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "ConcatStack",
+    "CrossStagePartial",
+    "create_model",
+    "cspify",
+    "list_models",
+]

@@ -1,0 +1,53 @@
+"""``cspnet <verb>``: one entry point; each verb lives in ``cspnet.commands.<module>``.
+
+A verb module defines ``add_parser(subparsers)`` which registers its sub-parser and sets
+``func=run`` with ``run(args) -> int``. Any ValueError/OSError raised by a verb is printed as one
+line (``cspnet <verb>: error: ...``) with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module under cspnet.commands
+COMMANDS = {
+    "list": "zoo",
+    "info": "zoo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="cspnet", description="Cross Stage Partial Networks in PyTorch")
+    parser.add_argument("--version", action="version", version=f"cspnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seen = set()
+    for module in dict.fromkeys(COMMANDS.values()):
+        if module not in seen:
+            seen.add(module)
+            importlib.import_module(f"cspnet.commands.{module}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"cspnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"cspnet {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

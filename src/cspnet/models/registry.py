@@ -1,0 +1,150 @@
+"""The model zoo: one registry of named configs, ``create_model`` and ``list_models`` (timm's API)."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .classifier import Classifier, FeatureExtractor
+from .config import apply_overrides
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    cfg: Any
+    builder: Callable[..., Classifier]
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_BUILDERS: dict[type, tuple[str, Callable[..., Classifier]]] = {}
+
+
+def register_family(family: str, cfg_type: type, builder: Callable[..., Classifier], cfgs: dict, docs=None):
+    """Register every named config of a family; ``builder(cfg, num_classes, in_chans)``."""
+    _BUILDERS[cfg_type] = (family, builder)
+    for name, cfg in cfgs.items():
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, family, cfg, builder, (docs or {}).get(name, ""))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (``"csp*"``), sorted."""
+    _ensure_loaded()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `cspnet list` shows them all"
+        raise ValueError(f"unknown model {name!r}{hint}")
+    return _REGISTRY[name]
+
+
+def get_config(name: str, **overrides):
+    """The config a name (plus overrides) builds, without building it."""
+    return apply_overrides(get_entry(name).cfg, overrides)
+
+
+def build_from_config(cfg, num_classes: int = 1000, in_chans: int = 3, name: str | None = None) -> Classifier:
+    _ensure_loaded()
+    if type(cfg) not in _BUILDERS:
+        raise ValueError(f"no model family builds a {type(cfg).__name__}")
+    _, builder = _BUILDERS[type(cfg)]
+    model = builder(cfg, num_classes=num_classes, in_chans=in_chans)
+    model.model_name, model.cfg = name, cfg
+    _init_weights(model)
+    return model
+
+
+def _check_int(value, arg, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{arg}={value!r} must be an integer >= {minimum}")
+
+
+def create_model(
+    name: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    checkpoint: str | None = None,
+    **overrides,
+) -> nn.Module:
+    """Build a registered model (timm's ``create_model``).
+
+    ``num_classes`` defaults to 1000 (or the checkpoint's), ``in_chans`` to 3 (or the
+    checkpoint's). ``overrides`` replace config fields; stage fields such as ``gamma=``,
+    ``fusion=`` or ``act=`` apply to every (CSP) stage. ``checkpoint`` loads a .safetensors (or
+    .pt/.pth) file; one written by cspnet carries its model name and config, so ``name`` may be
+    omitted. A ``num_classes`` different from the checkpoint's replaces the classifier after loading.
+    """
+    if num_classes is not None:
+        _check_int(num_classes, "num_classes", 0)
+    if in_chans is not None:
+        _check_int(in_chans, "in_chans", 1)
+    meta = None
+    if checkpoint is not None:
+        from ..tools.checkpoint import read_checkpoint_meta
+
+        meta = read_checkpoint_meta(checkpoint)
+    if name is None:
+        if checkpoint is None:
+            raise ValueError("create_model needs a model name or a checkpoint")
+        if meta is None:
+            raise ValueError(f"{checkpoint}: the file carries no cspnet metadata; pass the model name too")
+        from .config import from_dict
+
+        name, cfg = meta.get("model"), from_dict(meta["config"])
+    else:
+        cfg = get_entry(name).cfg
+        if meta is not None and meta.get("model") not in (None, name):
+            raise ValueError(f"{checkpoint}: holds weights of model {meta['model']!r}, not {name!r}")
+    cfg = apply_overrides(cfg, overrides)
+    build_classes = meta.get("num_classes", 1000) if meta else (1000 if num_classes is None else num_classes)
+    build_chans = (meta.get("in_chans", 3) if meta else 3) if in_chans is None else in_chans
+    model = build_from_config(cfg, build_classes, build_chans, name)
+    if checkpoint is not None:
+        from ..tools.checkpoint import load_checkpoint_into
+
+        load_checkpoint_into(model, checkpoint)
+        if num_classes is not None and num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
+    if features_only:
+        return FeatureExtractor(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices needs features_only=True")
+    return model
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+_LOADED = False
+
+
+def _ensure_loaded() -> None:
+    """Import the family modules (each registers itself) on first use."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from . import families  # noqa: F401

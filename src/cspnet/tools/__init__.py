@@ -1,0 +1,1 @@
+"""Tools around the models: profiling, checkpoints, weight import."""
