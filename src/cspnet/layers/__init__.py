@@ -2,6 +2,7 @@
 
 from .activations import ACTIVATIONS, check_act, make_act
 from .conv import BnActConv, ConvBnAct
+from .dense import DenseBlock, DenseLayer
 from .pooling import ClassifierHead, DarknetMaxPool
 from .shortcut import partial_add
 
@@ -10,6 +11,8 @@ __all__ = [
     "BnActConv",
     "ClassifierHead",
     "ConvBnAct",
+    "DenseBlock",
+    "DenseLayer",
     "DarknetMaxPool",
     "check_act",
     "make_act",

@@ -16,9 +16,10 @@ def partial_add(x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``x`` plus ``shortcut`` over their common channels; ``x``'s shape is kept."""
     if shortcut.shape == x.shape:
         return x + shortcut
-    stride = shortcut.shape[-1] // x.shape[-1]
-    if stride > 1:
-        shortcut = shortcut[..., ::stride, ::stride]
+    sh = -(-shortcut.shape[-2] // x.shape[-2])  # ceil: a stride-2 conv maps H to ceil(H / 2)
+    sw = -(-shortcut.shape[-1] // x.shape[-1])
+    if sh > 1 or sw > 1:
+        shortcut = shortcut[..., ::sh, ::sw]
     c = min(x.shape[1], shortcut.shape[1])
     if c == x.shape[1]:
         return x + shortcut[:, :c]

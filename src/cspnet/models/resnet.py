@@ -7,7 +7,7 @@ max-pool stem, and a classifier conv applied before the global pool in ``resnet5
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -225,3 +225,19 @@ CFGS = {
         split="conv", concat="bypass_first",
     ),
 }
+
+
+def _tiny(cfg: ResNetCfg) -> ResNetCfg:
+    """Width/8, one block per stage, at most 8 groups: for tests and CPU demos."""
+    stages = tuple(
+        replace(st, depth=1, out_chs=st.out_chs // 8, groups=min(st.groups, 8)) for st in cfg.stages
+    )
+    return replace(cfg, stages=stages, stem_chs=16, reference=None)
+
+
+CFGS.update({
+    "resnet_tiny": _tiny(CFGS["resnet50"]),
+    "cspresnet_tiny": _tiny(CFGS["cspresnet50"]),
+    "resnext_tiny": _tiny(CFGS["resnext50"]),
+    "cspresnext_tiny": _tiny(CFGS["cspresnext50"]),
+})

@@ -1,0 +1,99 @@
+"""Dense blocks (DenseNet), in darknet's and in torchvision/timm's form.
+
+A dense block's output is its input concatenated with every layer's new features. Concatenating
+after each layer copies O(n^2) data; in inference (no autograd) the block instead writes each
+layer's features into one pre-allocated buffer, and every layer reads a contiguous slice of it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .conv import BnActConv, ConvBnAct
+
+
+class DenseLayer(nn.Module):
+    """1x1 conv to ``bottleneck_chs`` then 3x3 conv to ``growth`` new channels.
+
+    ``preact=False``: conv -> BN -> act units (darknet ``densenet201.cfg``);
+    ``preact=True``: BN -> act -> conv units (DenseNet-BC as torchvision and timm build it).
+    """
+
+    def __init__(self, in_chs: int, growth: int, bottleneck_chs: int, act: str = "leaky", preact: bool = False):
+        super().__init__()
+        unit = BnActConv if preact else ConvBnAct
+        self.conv1 = unit(in_chs, bottleneck_chs, 1, act=act)
+        self.conv2 = unit(bottleneck_chs, growth, 3, act=act)
+        self.out_chs = growth
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
+class DenseBlock(nn.Module):
+    """``depth`` dense layers; ``out_chs = in_chs + depth * growth``.
+
+    ``new_first=True`` orders the concatenation [newest, ..., first new, input], as darknet's
+    ``[route] layers=-1,-3`` does; ``False`` is torchvision's [input, first new, ..., newest].
+    ``layer_fn(in_chs)`` may replace :class:`DenseLayer` (PeleeNet's two-way layer); the layer must
+    expose its number of new channels as ``out_chs``.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        depth: int,
+        growth: int = 32,
+        bottleneck_chs: int = 128,
+        act: str = "leaky",
+        preact: bool = False,
+        new_first: bool = True,
+        layer_fn=None,
+    ):
+        super().__init__()
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth={depth!r} must be a positive integer")
+        layers, chs = [], in_chs
+        for _ in range(depth):
+            layer = layer_fn(chs) if layer_fn is not None else DenseLayer(chs, growth, bottleneck_chs, act, preact)
+            layers.append(layer)
+            chs += layer.out_chs
+        self.layers = nn.ModuleList(layers)
+        self.in_chs, self.out_chs, self.new_first = in_chs, chs, new_first
+        self.use_buffer = True  # exporters set False to trace plain concatenations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            torch.is_grad_enabled()
+            or not self.use_buffer
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+        ):
+            return self._forward_concat(x)
+        return self._forward_buffer(x)
+
+    def _forward_concat(self, x):
+        for layer in self.layers:
+            new = layer(x)
+            x = torch.cat([new, x] if self.new_first else [x, new], dim=1)
+        return x
+
+    def _forward_buffer(self, x):
+        b, c, h, w = x.shape
+        out = x.new_empty(b, self.out_chs, h, w)
+        if self.new_first:
+            start = self.out_chs - c
+            out[:, start:] = x
+            for layer in self.layers:
+                new = layer(out[:, start:])
+                out[:, start - new.shape[1] : start] = new
+                start -= new.shape[1]
+        else:
+            end = c
+            out[:, :c] = x
+            for layer in self.layers:
+                new = layer(out[:, :end])
+                out[:, end : end + new.shape[1]] = new
+                end += new.shape[1]
+        return out
