@@ -2,6 +2,7 @@
 
 from .csp import PRESETS, ConcatStack, CrossStagePartial, cspify
 from .models import create_model, list_models
+from .tools.optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
@@ -12,4 +13,5 @@ __all__ = [
     "create_model",
     "cspify",
     "list_models",
+    "optimize_for_inference",
 ]

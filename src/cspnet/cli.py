@@ -15,6 +15,12 @@ import sys
 COMMANDS = {
     "list": "zoo",
     "info": "zoo",
+    "convert": "convert",
+    "bench": "bench",
+    "export": "export",
+    "train": "train",
+    "val": "train",
+    "predict": "train",
 }
 
 

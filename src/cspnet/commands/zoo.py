@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'csp*'")
     p.set_defaults(func=run_list)
 
-    p = sub.add_parser("info", help="parameters, MACs, GFLOPs and feature levels of a model")
-    p.add_argument("model", help="model name (see `cspnet list`)")
+    p = sub.add_parser("info", help="parameters, MACs, GFLOPs and feature levels of a model or darknet cfg")
+    p.add_argument("model", nargs="?", help="model name (see `cspnet list`)")
+    p.add_argument("--cfg", default=None, help="describe a darknet .cfg file instead (layers, shapes, BFLOPs)")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="input size (default: the reference resolution, else 256)")
     p.add_argument("--num-classes", type=positive_int, default=1000)
@@ -37,6 +38,15 @@ def run_info(args) -> int:
     from ..models import create_model, get_entry
     from ..tools.profile import profile
 
+    if args.cfg is not None:
+        if args.model is not None:
+            raise ValueError("give either a model name or --cfg FILE, not both")
+        from ..darknet import describe
+
+        print(describe(args.cfg, args.img_size))
+        return 0
+    if args.model is None:
+        raise ValueError("name a model (see `cspnet list`) or give --cfg FILE")
     entry = get_entry(args.model)
     ref = getattr(entry.cfg, "reference", None)
     size = args.img_size or (ref.img_size if ref else 256)

@@ -5,12 +5,14 @@ from .conv import BnActConv, ConvBnAct
 from .dense import DenseBlock, DenseLayer
 from .pooling import ClassifierHead, DarknetMaxPool
 from .shortcut import partial_add
+from .stem import ConvPoolStem
 
 __all__ = [
     "ACTIVATIONS",
     "BnActConv",
     "ClassifierHead",
     "ConvBnAct",
+    "ConvPoolStem",
     "DenseBlock",
     "DenseLayer",
     "DarknetMaxPool",

@@ -3,6 +3,9 @@
 A dense block's output is its input concatenated with every layer's new features. Concatenating
 after each layer copies O(n^2) data; in inference (no autograd) the block instead writes each
 layer's features into one pre-allocated buffer, and every layer reads a contiguous slice of it.
+In training (``memory_efficient``, the default) autograd keeps each layer's concatenated input only
+as its pieces and re-concatenates it in the backward pass, so saved memory grows linearly with
+depth instead of quadratically.
 """
 
 from __future__ import annotations
@@ -62,14 +65,13 @@ class DenseBlock(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.in_chs, self.out_chs, self.new_first = in_chs, chs, new_first
         self.use_buffer = True  # exporters set False to trace plain concatenations
+        self.memory_efficient = True  # training: keep layer inputs as pieces, re-concatenate in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            torch.is_grad_enabled()
-            or not self.use_buffer
-            or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
-        ):
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if torch.is_grad_enabled() and self.memory_efficient and not tracing:
+            return self._forward_lean(x)
+        if torch.is_grad_enabled() or not self.use_buffer or tracing:
             return self._forward_concat(x)
         return self._forward_buffer(x)
 
@@ -78,6 +80,24 @@ class DenseBlock(nn.Module):
             new = layer(x)
             x = torch.cat([new, x] if self.new_first else [x, new], dim=1)
         return x
+
+    def _forward_lean(self, x):
+        """The concatenation path with linear instead of quadratic saved memory.
+
+        Autograd would keep every layer's concatenated input alive for the backward pass of the
+        layer's first convolutions: O(depth^2) channels. Here a saved-tensor hook stores such an
+        input as the list of its pieces (which are kept anyway) and re-concatenates it when the
+        backward pass needs it; no convolution is recomputed, outputs and gradients are unchanged.
+        """
+        feats = [x]
+        for layer in self.layers:
+            pieces = feats[::-1] if self.new_first else list(feats)
+            inp = torch.cat(pieces, dim=1)
+            with torch.autograd.graph.saved_tensors_hooks(*_recat_hooks(inp, pieces)):
+                new = layer(inp)
+            del inp
+            feats.append(new)
+        return torch.cat(feats[::-1] if self.new_first else feats, dim=1)
 
     def _forward_buffer(self, x):
         b, c, h, w = x.shape
@@ -97,3 +117,21 @@ class DenseBlock(nn.Module):
                 out[:, end : end + new.shape[1]] = new
                 end += new.shape[1]
         return out
+
+
+class _Pieces(tuple):
+    """A saved tensor stored as the tensors it was concatenated from (see DenseBlock._forward_lean)."""
+
+
+def _recat_hooks(cat: torch.Tensor, pieces: list[torch.Tensor]):
+    key = (cat.data_ptr(), cat.shape, cat.stride(), cat.dtype)
+
+    def pack(t: torch.Tensor):
+        if (t.data_ptr(), t.shape, t.stride(), t.dtype) == key:
+            return _Pieces(pieces)
+        return t
+
+    def unpack(saved):
+        return torch.cat(saved, dim=1) if isinstance(saved, _Pieces) else saved
+
+    return pack, unpack

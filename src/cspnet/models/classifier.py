@@ -54,6 +54,13 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes)
 
+    def fuse(self) -> Classifier:
+        """Fold BatchNorm into the convolutions for inference (in place, eval mode); see
+        :func:`cspnet.tools.fuse.fuse`."""
+        from ..tools.fuse import fuse
+
+        return fuse(self)
+
     def feature_levels(self) -> list[nn.Module]:
         """The module producing each feature level, in ``feature_info`` order."""
         return [self.stem, *self.stages]

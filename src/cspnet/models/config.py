@@ -98,7 +98,7 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
     top_over = {k: v for k, v in overrides.items() if k in top and k not in stage_names}
     stage_over = {k: v for k, v in overrides.items() if k in stage_names}
     if stage_over:
-        mask = getattr(cfg, "csp_stages", None)
+        mask = overrides.get("csp_stages", getattr(cfg, "csp_stages", None))
         new_stages = []
         for i, st in enumerate(cfg.stages):
             if mask is not None and i not in mask and set(stage_over) <= {"gamma", "fusion"}:

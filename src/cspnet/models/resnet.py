@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from ..csp import BlockStack, CrossStagePartial
-from ..layers import ConvBnAct, DarknetMaxPool, make_act, partial_add
+from ..layers import ConvBnAct, ConvPoolStem, make_act, partial_add
 from .classifier import Classifier, stage_feature_info
 from .config import Reference, config_type
 
@@ -100,17 +100,6 @@ class ResNetCfg:
     reference: Reference | None = None
 
 
-class Stem(nn.Sequential):
-    def __init__(self, in_chans, chs, kind, act):
-        if kind not in ("darknet", "torchvision"):
-            raise ValueError(f"stem={kind!r} is not allowed; choose 'darknet' or 'torchvision'")
-        pool = DarknetMaxPool(2, 2) if kind == "darknet" else nn.MaxPool2d(3, 2, 1)
-        super().__init__()
-        self.conv = ConvBnAct(in_chans, chs, 7, 2, act=act)
-        self.pool = pool
-        self.out_chs = chs
-
-
 def _res_blocks(cfg: ResNetCfg, st: ResStage, stride: int):
     block_cls = BLOCKS[cfg.block]
 
@@ -129,7 +118,7 @@ def build_resnet(cfg: ResNetCfg, num_classes: int = 1000, in_chans: int = 3) -> 
         raise ValueError(f"block={cfg.block!r} is not allowed; choose one of {', '.join(BLOCKS)}")
     if cfg.shortcut not in ("partial", "projection"):
         raise ValueError(f"shortcut={cfg.shortcut!r} is not allowed; choose 'partial' or 'projection'")
-    stem = Stem(in_chans, cfg.stem_chs, cfg.stem, cfg.act)
+    stem = ConvPoolStem(in_chans, cfg.stem_chs, cfg.stem, cfg.act)
     prev, stages, levels = cfg.stem_chs, [], []
     for i, st in enumerate(cfg.stages):
         if st.down not in ("block", "conv"):
@@ -241,3 +230,20 @@ CFGS.update({
     "resnext_tiny": _tiny(CFGS["resnext50"]),
     "cspresnext_tiny": _tiny(CFGS["cspresnext50"]),
 })
+
+
+DOCS = {
+    "resnet50": "ResNet-50 as darknet builds it (resnet50.cfg): no projection shortcuts",
+    "resnext50": "ResNeXt-50 32x4d as darknet builds it (resnext50.cfg), paper Table 3",
+    "cspresnet50": "CSPResNet-50 (csresnet50.cfg)",
+    "cspresnext50": "CSPResNeXt-50 (csresnext50.cfg), paper Table 3",
+    "resnet10": "ResNet-10 (resnet10.cfg), paper Table 3",
+    "timm_resnet50": "timm's resnet50 structure (torchvision ResNet-50), loads timm weights",
+    "timm_resnext50_32x4d": "timm's resnext50_32x4d structure, loads timm weights",
+    "timm_cspresnet50": "timm's cspresnet50 structure, loads timm weights",
+    "timm_cspresnext50": "timm's cspresnext50 structure, loads timm weights",
+    "resnet_tiny": "resnet50 scaled down (width/8, depth 1) for tests and demos",
+    "cspresnet_tiny": "cspresnet50 scaled down for tests and demos",
+    "resnext_tiny": "resnext50 scaled down for tests and demos",
+    "cspresnext_tiny": "cspresnext50 scaled down for tests and demos",
+}

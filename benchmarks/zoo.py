@@ -1,0 +1,124 @@
+"""Every model of the zoo: params, GFLOPs and the reference figures beside ours, CPU latency at
+batch 1, and timm's latency for the models whose architecture timm has, measured in the same run.
+
+    python benchmarks/zoo.py            # writes benchmarks/zoo.md
+    python benchmarks/zoo.py --quick    # a smoke run (few rounds), printed only
+
+Latencies are medians of interleaved, shuffled rounds (cspnet.tools.timing), so load from other
+processes hits ours and timm's alike; the ratio ours/timm is the figure to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+from pathlib import Path
+
+import torch
+
+import cspnet
+from cspnet.models import get_entry
+from cspnet.tools.bench import machine_info
+from cspnet.tools.profile import profile
+from cspnet.tools.timing import Timing, interleaved
+from cspnet.weights import TIMM_MODELS
+
+OURS_TO_TIMM = {ours: timm_name for timm_name, ours in TIMM_MODELS.items()}
+
+
+def img_size_of(name: str) -> int:
+    ref = getattr(get_entry(name).cfg, "reference", None)
+    return ref.img_size if ref else 256
+
+
+def measure_group(names: list[str], rounds: int, warmup: int) -> dict[str, dict]:
+    """Latency of our models (and timm's twins) in one interleaved run."""
+    fns, keep = {}, []
+    for name in names:
+        size = img_size_of(name)
+        x = torch.randn(1, 3, size, size)
+        model = cspnet.create_model(name).eval()
+        keep.append(model)
+        fns[name] = lambda m=model, x=x: m(x)
+        if name in OURS_TO_TIMM:
+            import timm
+
+            ref = timm.create_model(OURS_TO_TIMM[name], pretrained=False).eval()
+            keep.append(ref)
+            fns[f"timm:{name}"] = lambda m=ref, x=x: m(x)
+    with torch.inference_mode():
+        times = interleaved(fns, rounds, warmup, progress=", ".join(names)[:40])
+    del keep
+    gc.collect()
+    return {k: Timing.of(v) for k, v in times.items()}
+
+
+def fmt(v, digits=3):
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 rounds, tiny models only, print only")
+    parser.add_argument("--output", default=str(Path(__file__).with_name("zoo.md")))
+    args = parser.parse_args()
+    names = cspnet.list_models()
+    rounds, warmup = args.rounds, args.warmup
+    if args.quick:
+        names = [n for n in names if n.endswith("_tiny")] + ["timm_cspdarknet53"]
+        rounds, warmup = 2, 1
+
+    machine = machine_info()  # the load before the run
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(get_entry(n).family, []).append(n)
+    timings = {}
+    for family_names in groups.values():
+        # big families are timed in chunks so memory stays small; each chunk is interleaved
+        for i in range(0, len(family_names), 8):
+            timings.update(measure_group(family_names[i:i + 8], rounds, warmup))
+
+    rows = []
+    for n in names:
+        entry = get_entry(n)
+        size = img_size_of(n)
+        with torch.device("meta"):
+            p = profile(cspnet.create_model(n), size)
+        ref = getattr(entry.cfg, "reference", None)
+        ours_ms = timings[n].median * 1e3
+        timm_ms = timings[f"timm:{n}"].median * 1e3 if f"timm:{n}" in timings else None
+        rows.append(
+            f"| {n} | {entry.family} | {size} | {p.params / 1e6:.3f} | {p.weights / 1e6:.3f} | {p.gflops:.3f} "
+            f"| {fmt(ref.params if ref else None, 2)} | {fmt(ref.weights if ref else None, 2)} "
+            f"| {fmt(ref.gflops if ref else None)} | {ours_ms:.1f} (±{timings[n].spread * 1e3:.1f}) "
+            f"| {fmt(timm_ms, 1)} | {fmt(ours_ms / timm_ms if timm_ms else None, 2)} |"
+        )
+    header = [
+        "# Model zoo: size, cost and CPU latency",
+        "",
+        f"Written by `python benchmarks/zoo.py` on {datetime.date.today()}: {machine}.",
+        f"fp32, batch 1, eager, median of {rounds} interleaved rounds after {warmup} warm-up runs "
+        "(± is the interquartile range).",
+        "",
+        "Params count everything (conv, BN, biases); weights count conv/fc weights only (the CSPNet README's",
+        "\"#Parameter\"). GFLOPs = 2 x multiply-adds (darknet's BFLOPs) at the given input size. Reference",
+        "figures come from the model's config (`cspnet info MODEL` names the source). The timm column times timm's",
+        "own implementation of the same architecture (for the `timm_*` models) in the same interleaved run.",
+        "",
+        "| model | family | input | params (M) | weights (M) | GFLOPs | ref params | ref weights | ref GFLOPs "
+        "| ours ms | timm ms | ours / timm |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    text = "\n".join(header + rows) + "\n"
+    if args.quick:
+        print(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Reading image files, with a one-line error naming the file when one cannot be decoded, and
+converting any PIL mode (grey, palette, RGBA, 16-bit) to the channels a model takes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+class UnreadableImage(ValueError):
+    """An image file that is missing, corrupt or truncated."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The fully decoded image (truncated files fail here, not later in a transform)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage(f"{path}: no such image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's palette-transparency notes; we convert anyway
+            img = Image.open(path)
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UnreadableImage(f"{path}: not a readable image ({reason}); replace or delete the file") from None
+    return img
+
+
+def to_channels(img: Image.Image, in_chans: int) -> Image.Image:
+    """Grey (``L``) for 1-channel models, RGB for 3-channel ones, whatever the file's mode.
+
+    Palette images go through RGBA so transparency is honoured; alpha is then dropped (the pixels
+    keep their colour); 16-bit and float grey are scaled to 8 bits rather than clipped.
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans={in_chans}: image files can feed 1-channel (grey) or 3-channel (RGB) models")
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = _to_8bit(img)
+        mode = "L"
+    target = "L" if in_chans == 1 else "RGB"
+    return img if mode == target else img.convert(target)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    import numpy as np
+
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") else float(max(a.max(), 1.0))
+    if img.mode == "F" and a.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def is_grey(img: Image.Image) -> bool:
+    """True when the image holds one channel of information (grey, or a palette of greys)."""
+    if img.mode in GREY_MODES:
+        return True
+    if img.mode == "P":
+        pal = img.getpalette() or []
+        rgb = list(zip(pal[0::3], pal[1::3], pal[2::3], strict=False))
+        return all(r == g == b for r, g, b in rgb)
+    return False

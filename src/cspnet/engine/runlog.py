@@ -1,0 +1,84 @@
+"""Per-epoch records of a run: ``results.csv`` (rewritten atomically each epoch), ``results.png``
+(curves, drawn at the end), and TensorBoard event files when tensorboard is installed."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from ..tools.checkpoint import atomic_write_bytes
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def plot_curves(path: Path, rows: list[dict], panels: dict[str, list[str]], title: str = "") -> None:
+    """One panel per entry of ``panels`` (title -> columns), epochs on the x axis; atomic PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = {t: [c for c in cols if any(c in r for r in rows)] for t, cols in panels.items()}
+    panels = {t: cols for t, cols in panels.items() if cols}
+    if not rows or not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (name, cols) in zip(axes[0], panels.items(), strict=True):
+        for col in cols:
+            pts = [(r["epoch"], r[col]) for r in rows if r.get(col) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None, ms=3, label=col)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class TensorBoard:
+    """Scalars to TensorBoard event files in the run directory; a no-op without tensorboard."""
+
+    def __init__(self, run_dir: Path | None):
+        self.writer = None
+        if run_dir is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.writer = SummaryWriter(str(run_dir))
+
+    def log(self, row: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

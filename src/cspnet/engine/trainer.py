@@ -1,0 +1,369 @@
+"""The training loop shared by every task: epochs of optimizer steps, evaluation, checkpoints, logs.
+
+One process or a DDP group (see :mod:`.distributed`); ``batch_size`` is always the global batch,
+split evenly over the ranks, so a run gives the same result for any number of processes up to
+BatchNorm statistics (computed per rank). Rank 0 alone prints, logs and writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from tqdm import tqdm
+
+from .checkpoints import STATE_FILE, atomic_write_json, save_state, save_weights
+from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier
+from .ema import ModelEMA
+from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, build_scheduler, default_lr
+from .runlog import TensorBoard, plot_curves, write_csv
+from .runtime import (
+    autocast,
+    epoch_seed,
+    make_grad_scaler,
+    resolve_amp,
+    rng_state,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+)
+from .tasks import Task
+
+MAX_SKIP_WARNINGS = 10
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run (``lr``/``weight_decay`` None: the optimizer's default, with the
+    learning rate scaled linearly from a batch of 256)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0
+    ema: bool = False
+    ema_decay: float = 0.9998
+    amp: str = "none"
+    channels_last: bool = False
+    clip_grad: float = 0.0
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.optimizer not in DEFAULT_WEIGHT_DECAY:
+            raise ValueError(f"--optimizer {self.optimizer!r} is not allowed; choose sgd or adamw")
+        if self.lr is None:
+            self.lr = default_lr(self.optimizer, self.batch_size)
+        if self.weight_decay is None:
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, collate_fn, dist: DistInfo) -> DataLoader:
+    """Every rank evaluates an interleaved shard (no padding, so nothing is counted twice)."""
+    if dist.enabled:
+        dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_fn, pin_memory=dist.device.type == "cuda")
+
+
+def to_device(inputs: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    inputs = inputs.to(device, non_blocking=True)
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, task: Task, dist: DistInfo, amp_dtype=None,
+             channels_last: bool = False, progress: bool = False) -> dict:
+    """Task metrics over the whole split (all ranks' shards), throughput and unreadable files."""
+    device = dist.device
+    was_training = model.training
+    model.eval()
+    state = task.eval_start(device)
+    skipped: list[str] = []
+    n = torch.zeros(1, dtype=torch.float64, device=device)
+    start = time.perf_counter()
+    bar = tqdm(loader, desc="val", unit="batch", leave=False, disable=not (progress and dist.is_main))
+    for batch in bar:
+        skipped += batch["skipped"]
+        if len(batch["inputs"]) == 0:
+            continue
+        x = to_device(batch["inputs"], device, channels_last)
+        with autocast(device, amp_dtype):
+            out = model(x)
+        task.eval_update(state, out, task.targets_to(batch["targets"], device))
+        n += x.shape[0]
+    elapsed = time.perf_counter() - start
+    metrics = task.eval_finish(state, dist)
+    total = float(all_reduce_sum(n, dist).item())
+    metrics["images_per_s"] = total / max(elapsed, 1e-9)
+    metrics["skipped"] = int(all_reduce_sum(torch.tensor([len(skipped)], device=device), dist).item())
+    model.train(was_training)
+    return metrics
+
+
+class Trainer:
+    """Trains ``model`` on ``train_set`` for ``cfg.epochs`` and evaluates on ``val_set`` after each.
+
+    ``collate_fn`` must build batches ``{"inputs": tensor, "targets": ..., "skipped": [names]}``;
+    ``extra`` goes into every checkpoint's metadata (class names, preprocessing, ...), ``info``
+    into metrics.json (model, data, ...), ``title`` onto the plot.
+    """
+
+    def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, collate_fn,
+                 cfg: TrainConfig, dist: DistInfo | None = None, run_dir: Path | None = None,
+                 extra: dict | None = None, info: dict | None = None, title: str = "",
+                 log: Callable[[str], None] = print):
+        self.cfg, self.task = cfg, task
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.extra, self.info, self.title = dict(extra or {}), dict(info or {}), title
+        self.log = log if self.dist.is_main else (lambda msg: None)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        if cfg.deterministic:
+            set_deterministic(True)
+
+        world = self.dist.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
+        per_rank = cfg.batch_size // world
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net = (DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None) if self.dist.enabled else model)
+
+        self.generator = torch.Generator()
+        if self.dist.enabled:
+            self.sampler = DistributedSampler(train_set, world, self.dist.rank, shuffle=True, seed=cfg.seed)
+        else:
+            self.sampler = RandomSampler(train_set, generator=self.generator)
+        self.train_loader = DataLoader(
+            train_set, batch_size=per_rank, sampler=self.sampler, num_workers=cfg.workers,
+            collate_fn=collate_fn, drop_last=True, generator=self.generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
+                "lower --batch-size"
+            )
+        self.val_loader = eval_loader(val_set, per_rank, cfg.workers, collate_fn, self.dist)
+
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        total = cfg.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+        self.scaler = make_grad_scaler(self.device, self.amp_dtype)
+
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+        self.best = {"value": -math.inf, "epoch": 0}
+        self._warned: set[str] = set()
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = TensorBoard(self.run_dir if self.dist.is_main else None)
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self, args: dict | None = None) -> dict:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "train_config": self.cfg.to_dict(),
+            "args": args or {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved state: the next epoch is ``state["epoch"] + 1``."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("the saved run has no EMA weights; resume it without --ema")
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+
+    # --- loop ---------------------------------------------------------------------------------
+
+    def _seed_epoch(self, epoch: int) -> None:
+        seed = epoch_seed(self.cfg.seed, epoch, self.dist.rank)
+        seed_everything(seed)
+        self.generator.manual_seed(seed + 1)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def _note_skipped(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name in self._warned:
+                continue
+            self._warned.add(name)
+            if len(self._warned) <= MAX_SKIP_WARNINGS:
+                self.log(f"warning: skipped {name}")
+            elif len(self._warned) == MAX_SKIP_WARNINGS + 1:
+                self.log("warning: more unreadable images skipped; see the 'skipped' column of results.csv")
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        cfg, device = self.cfg, self.device
+        self._seed_epoch(epoch)
+        self.net.train()
+        loss_sum = torch.zeros(1, dtype=torch.float64)
+        seen, skipped = 0, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   dynamic_ncols=True, disable=not (cfg.progress and self.dist.is_main))
+        start = time.perf_counter()
+        for step, batch in enumerate(bar):
+            self._note_skipped(batch["skipped"])
+            skipped += len(batch["skipped"])
+            x = to_device(batch["inputs"], device, cfg.channels_last)
+            loss = self.train_step(x, self.task.targets_to(batch["targets"], device))
+            loss_sum += loss.double().cpu() * x.shape[0]
+            seen += x.shape[0]
+            if step % 10 == 0 or step + 1 == self.steps_per_epoch:
+                rate = seen * self.dist.world_size / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{self.lr:.3g}",
+                                img_s=f"{rate:.0f}", refresh=False)
+        elapsed = time.perf_counter() - start
+        average_buffers(self.model, self.dist)
+        if self.ema is not None:
+            average_buffers(self.ema.module, self.dist)
+        totals = all_reduce_sum(torch.tensor([loss_sum.item(), seen, skipped], dtype=torch.float64,
+                                             device=device), self.dist).tolist()
+        return {
+            "train_loss": totals[0] / totals[1],
+            "lr": self.lr,
+            "train_images_per_s": totals[1] / max(elapsed, 1e-9),
+            "skipped": int(totals[2]),
+        }
+
+    def train_step(self, inputs: torch.Tensor, targets) -> torch.Tensor:
+        """One optimizer step on a batch already on the device (forward under autocast, backward,
+        clipping, step, schedule, EMA); returns the detached loss."""
+        with autocast(self.device, self.amp_dtype):
+            loss = self.task.loss(self.net, inputs, targets)
+        if not torch.isfinite(loss):
+            step = self.scheduler.last_epoch - self.epoch * self.steps_per_epoch + 1
+            raise ValueError(
+                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {step}; "
+                "lower --lr or set --clip-grad"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward_step(loss)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss.detach()
+
+    def _backward_step(self, loss: torch.Tensor) -> None:
+        params = self.model.parameters
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.cfg.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(params(), self.cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        loss.backward()
+        if self.cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(params(), self.cfg.clip_grad)
+        self.optimizer.step()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def evaluate(self) -> dict:
+        return evaluate(self.eval_model, self.val_loader, self.task, self.dist, self.amp_dtype,
+                        self.cfg.channels_last, progress=self.cfg.progress)
+
+    def fit(self, args: dict | None = None, callbacks: Sequence[Callable[[Trainer, dict], None]] = ()) -> dict:
+        """Train the remaining epochs; returns the final metrics (also written to metrics.json).
+
+        ``callbacks`` run after each epoch's checkpoint, as ``cb(trainer, row)``.
+        """
+        if self.epoch >= self.cfg.epochs:
+            raise ValueError(f"nothing to train: the run already completed its {self.cfg.epochs} epochs")
+        start = time.perf_counter()
+        main = self.task.main_metric
+        for epoch in range(self.epoch, self.cfg.epochs):
+            train = self.train_one_epoch(epoch)
+            metrics = self.evaluate()
+            self.epoch = epoch + 1
+            row = {"epoch": self.epoch, **train, **{f"val_{k}": v for k, v in metrics.items() if k != "skipped"}}
+            self.history.append(row)
+            improved = metrics[main] > self.best["value"]
+            if improved:
+                self.best = {"value": metrics[main], "epoch": self.epoch}
+            self.log(
+                f"epoch {self.epoch}/{self.cfg.epochs}  loss {train['train_loss']:.4f}  "
+                f"val loss {metrics['loss']:.4f}  {self.task.summary(metrics)}  "
+                f"{train['train_images_per_s']:.0f} img/s" + ("  *" if improved else "")
+            )
+            if self.dist.is_main and self.run_dir is not None:
+                self._save(metrics, improved, args)
+            barrier(self.dist)
+            for cb in callbacks:
+                cb(self, row)
+        last = self.history[-1]
+        final = {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+        final.update({
+            "epoch": self.epoch,
+            "images_per_s": last["train_images_per_s"],
+            "val_images_per_s": final.pop("images_per_s"),
+            f"best_{main}": self.best["value"],
+            "best_epoch": self.best["epoch"],
+            "skipped_images": sum(r.get("skipped", 0) for r in self.history),
+            "val_skipped_images": metrics["skipped"],
+            "world_size": self.dist.world_size,
+            "wall_s": time.perf_counter() - start,
+        })
+        if self.dist.is_main and self.run_dir is not None:
+            plot_curves(self.run_dir / "results.png", self.history, self.task.plot_panels, self.title)
+            atomic_write_json(self.run_dir / "metrics.json", {**final, **self.info})
+        self.tensorboard.close()
+        return final
+
+    def _save(self, metrics: dict, improved: bool, args: dict | None) -> None:
+        extra = dict(self.extra, epoch=self.epoch, task=self.task.name,
+                     metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        save_weights(self.eval_model, self.run_dir / "last.safetensors", extra)
+        if improved:
+            save_weights(self.eval_model, self.run_dir / "best.safetensors", extra)
+        write_csv(self.run_dir / "results.csv", self.history)
+        self.tensorboard.log(self.history[-1], self.epoch)
+        save_state(self.run_dir / STATE_FILE, self.state_dict(args))

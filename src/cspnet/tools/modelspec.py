@@ -1,0 +1,50 @@
+"""``MODEL|CHECKPOINT`` arguments of the deployment verbs, and the input size they run at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def looks_like_file(spec: str) -> bool:
+    return Path(spec).suffix in CHECKPOINT_SUFFIXES or "/" in spec or Path(spec).is_file()
+
+
+def load_model(spec: str, checkpoint: str | None = None, num_classes: int | None = None) -> nn.Module:
+    """A model from a registered name (optionally with ``checkpoint`` weights) or from a cspnet
+    checkpoint file that names its model. Every failure is a one-line ValueError."""
+    from ..models import create_model
+
+    if looks_like_file(spec):
+        if checkpoint is not None:
+            raise ValueError(f"{spec} is a checkpoint file; pass a model name with --checkpoint, or the file alone")
+        return create_model(num_classes=num_classes, checkpoint=spec).eval()
+    return create_model(spec, num_classes=num_classes, checkpoint=checkpoint).eval()
+
+
+def model_stride(model: nn.Module) -> int:
+    """The largest down-sampling factor of the model (its last feature level's reduction)."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        return max(int(f["reduction"]) for f in info)
+    return 1
+
+
+def default_img_size(model: nn.Module) -> int:
+    """The model's reference resolution, else 256 (as ``cspnet info``)."""
+    ref = getattr(getattr(model, "cfg", None), "reference", None)
+    return int(ref.img_size) if ref is not None else 256
+
+
+def check_img_size(model: nn.Module, img_size: int) -> int:
+    """``img_size`` if the model's stride divides it; else a ValueError naming the nearest sizes."""
+    stride = model_stride(model)
+    if img_size % stride:
+        lo = max(stride, img_size // stride * stride)
+        raise ValueError(
+            f"--img-size {img_size} is not divisible by the model's stride {stride}; use {lo} or {lo + stride}"
+        )
+    return img_size

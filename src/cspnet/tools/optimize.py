@@ -1,0 +1,287 @@
+"""The fastest exact way to run a model for inference on this machine.
+
+:func:`optimize_for_inference` builds a few candidate forms of a model (BatchNorm folded eager,
+channels-last, ``torch.compile`` with inductor freezing, and bf16 forms when asked for), checks each
+against the plain eager model on the example input, times the exact ones interleaved, and returns
+the fastest wrapped in an :class:`OptimizedModel` that carries the report (latencies, differences,
+one-time costs). Which form wins depends on the CPU, the model and the input size, which is why it
+is measured rather than assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .fuse import fuse
+from .timing import Timing, interleaved, synchronizer
+
+FP32_CANDIDATES = ("eager", "channels_last", "compile")
+BF16_CANDIDATES = ("bf16", "compile_bf16")
+CANDIDATES = FP32_CANDIDATES + BF16_CANDIDATES
+
+
+@dataclass
+class CandidateResult:
+    """One candidate: its one-time cost, its largest difference from eager fp32 (relative to the
+    output scale when that exceeds 1), and its latency when it was exact enough to be timed."""
+
+    name: str
+    setup_s: float = 0.0
+    max_diff: float | None = None
+    exact: bool = False
+    latency: Timing | None = None
+    error: str | None = None
+
+
+@dataclass
+class OptimizeReport:
+    chosen: str
+    tol: float
+    input_shape: tuple[int, ...]
+    candidates: dict[str, CandidateResult] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A small table: candidate, one-time cost, max difference, median/min latency."""
+        lines = [f"optimize_for_inference: input {tuple(self.input_shape)}, tolerance {self.tol:g}"]
+        for r in self.candidates.values():
+            mark = "*" if r.name == self.chosen else " "
+            diff = "-" if r.max_diff is None else f"{r.max_diff:.1e}"
+            if r.error:
+                tail = f"failed: {r.error}"
+            elif r.latency is None:
+                tail = "not timed (outside tolerance)" if not r.exact else "not timed"
+            else:
+                tail = f"{r.latency.median * 1e3:8.2f} ms median, {r.latency.min * 1e3:8.2f} ms min"
+            lines.append(f" {mark} {r.name:<13} setup {r.setup_s:6.1f} s  diff {diff:>8}  {tail}")
+        return "\n".join(lines)
+
+
+class OptimizedModel(nn.Module):
+    """An inference-only module: the chosen fast form for inputs like the example, the folded eager
+    model for any other shape (so an odd last batch never triggers a recompilation).
+
+    It always runs without autograd. ``report`` says what was tried and what won; ``model`` is
+    the folded eager module (its weights, for saving or inspection).
+    """
+
+    def __init__(self, model: nn.Module, fast: Callable, report: OptimizeReport, example: torch.Tensor,
+                 any_shape: bool):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_fast", fast)  # not a submodule: its weights are ``model``'s or frozen copies
+        self.report = report
+        self.chosen = report.chosen
+        self._key = (tuple(example.shape), example.dtype, example.device)
+        self._any_shape = any_shape
+
+    def forward(self, x: torch.Tensor):
+        with torch.no_grad():
+            if self._any_shape or (tuple(x.shape), x.dtype, x.device) == self._key:
+                return self._fast(x)
+            return self.model(x)
+
+    def extra_repr(self) -> str:
+        return f"chosen={self.chosen!r}, input_shape={self._key[0]}"
+
+
+def flatten_outputs(out) -> list[torch.Tensor]:
+    """Every tensor in a (nested) model output: a tensor, a list/tuple, or a dict."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flatten_outputs(o)]
+    return []
+
+
+def max_difference(out, ref) -> float:
+    """Largest absolute difference between two model outputs, divided by the reference's largest
+    magnitude when that exceeds 1 (so untrained models with huge logits are judged fairly)."""
+    a, b = flatten_outputs(out), flatten_outputs(ref)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        if y.numel() == 0:
+            continue
+        y = y.detach().float()
+        diff = (x.detach().float() - y).abs().max().item()
+        worst = max(worst, diff / max(1.0, y.abs().max().item()))
+    return worst
+
+
+class _ChannelsLast(nn.Module):
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.model, self.dtype = model.to(memory_format=torch.channels_last), dtype
+        if dtype is not None:
+            self.model.to(dtype)
+
+    def forward(self, x):
+        out_dtype = x.dtype
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        out = self.model(x.contiguous(memory_format=torch.channels_last))
+        return _cast(out, out_dtype) if self.dtype is not None else out
+
+
+class _Cast(nn.Module):
+    """Runs ``model`` in ``dtype`` and returns outputs in the input's dtype."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, x):
+        return _cast(self.model(x.to(self.dtype)), x.dtype)
+
+
+def _cast(out, dtype):
+    if isinstance(out, torch.Tensor):
+        return out.to(dtype)
+    if isinstance(out, (list, tuple)):
+        return type(out)(_cast(o, dtype) for o in out)
+    if isinstance(out, dict):
+        return {k: _cast(v, dtype) for k, v in out.items()}
+    return out
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether this device computes bf16 natively (AVX512-BF16/AMX on CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def _compile(module: nn.Module, example: torch.Tensor):
+    """``torch.compile`` with inductor freezing (weights become constants, BN/conv/activation
+    patterns fuse into oneDNN kernels); compiled on the spot so the cost is measured here."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module, dynamic=False)
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        compiled(example)
+    return compiled
+
+
+def make_candidate(name: str, fused: nn.Module, example: torch.Tensor) -> tuple[Callable, bool]:
+    """One candidate form of an already folded eval module (``fused`` is shared by ``eager``, copied
+    by the others): (callable, whether it accepts any input shape)."""
+    if name == "eager":
+        return fused, True
+    if name == "channels_last":
+        return _ChannelsLast(copy.deepcopy(fused)), True
+    if name == "compile":
+        return _compile(copy.deepcopy(fused), example), False
+    if name == "bf16":
+        return _ChannelsLast(copy.deepcopy(fused), torch.bfloat16), True
+    if name == "compile_bf16":
+        return _compile(_Cast(copy.deepcopy(fused), torch.bfloat16), example), False
+    raise ValueError(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    candidates: Sequence[str] | None = None,
+    compile: bool = True,
+    bf16: bool = False,
+    tol: float = 1e-4,
+    rounds: int = 10,
+    warmup: int = 2,
+    progress: bool = False,
+) -> OptimizedModel:
+    """The fastest form of ``model`` for inputs like ``example_input`` that stays within ``tol`` of
+    the eager fp32 model (relative to the output scale where that exceeds 1).
+
+    ``model`` itself is not changed (a copy is folded and compiled). Candidates, in order:
+    ``eager`` (BatchNorm folded), ``channels_last``, ``compile`` (torch.compile + inductor
+    freezing; skipped with ``compile=False``, its compile seconds are in the report; compiled C++
+    kernels are cached by torch on disk, so later runs compile faster). ``bf16=True`` adds the opt-in
+    ``bf16`` and ``compile_bf16`` forms where the device computes bf16 natively; they are judged
+    against their own, looser tolerance (5e-2) and their measured difference is reported, since
+    bf16 is never exact. Failing candidates (no C++ compiler for inductor, say) are skipped and
+    reported; the folded eager model is always available.
+
+    Example:
+        >>> import cspnet, torch
+        >>> m = cspnet.create_model("cspresnext_tiny", num_classes=10)
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> fast = optimize_for_inference(m, x, compile=False, rounds=2)
+        >>> fast.chosen in ("eager", "channels_last")
+        True
+        >>> bool((fast(x) - m.eval()(x)).abs().max() < 1e-4)
+        True
+    """
+    if not isinstance(example_input, torch.Tensor):
+        raise ValueError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    if tol <= 0:
+        raise ValueError(f"tol={tol} must be > 0")
+    if candidates is None:
+        candidates = [c for c in FP32_CANDIDATES if compile or c != "compile"]
+        if bf16:
+            candidates += [c for c in BF16_CANDIDATES if compile or c != "compile_bf16"]
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(CANDIDATES)}")
+    device = example_input.device
+    if any(c in BF16_CANDIDATES for c in candidates) and not bf16_supported(device):
+        candidates = [c for c in candidates if c not in BF16_CANDIDATES]
+
+    base = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference = base(example_input)
+    fused = fuse(base)
+
+    results: dict[str, CandidateResult] = {}
+    runnable: dict[str, tuple[Callable, bool]] = {}
+    for name in dict.fromkeys(["eager", *candidates]):
+        res = results[name] = CandidateResult(name)
+        start = time.perf_counter()
+        try:
+            fn, any_shape = make_candidate(name, fused, example_input)
+            with torch.no_grad():
+                out = fn(example_input)
+        except Exception as e:  # a candidate that cannot run here is reported, never fatal
+            if name == "eager":
+                raise
+            res.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            continue
+        res.setup_s = time.perf_counter() - start
+        res.max_diff = max_difference(out, reference)
+        limit = max(tol, 5e-2) if name in BF16_CANDIDATES else tol
+        res.exact = res.max_diff <= limit
+        if res.exact:
+            runnable[name] = (fn, any_shape)
+    if "eager" not in runnable:
+        raise ValueError(
+            f"folding BatchNorm changed the output by {results['eager'].max_diff:.2e} (> tol={tol}); "
+            "is the model in a state that eval mode cannot reproduce?"
+        )
+
+    if len(runnable) > 1:
+        calls = {n: (lambda f=f: f(example_input)) for n, (f, _) in runnable.items()}
+        with torch.no_grad():
+            times = interleaved(calls, rounds, warmup, synchronizer(device),
+                                progress="optimize_for_inference" if progress else None)
+        for n, t in times.items():
+            results[n].latency = Timing.of(t)
+        chosen = min(times, key=lambda n: results[n].latency.median)
+    else:
+        chosen = "eager"
+    report = OptimizeReport(chosen, tol, tuple(example_input.shape), results)
+    fn, any_shape = runnable[chosen]
+    return OptimizedModel(fused, fn, report, example_input, any_shape)

@@ -1,0 +1,113 @@
+"""Checkpoints: self-describing .safetensors, weights-only .pt, and one-line errors."""
+
+import pickle
+
+import pytest
+import torch
+
+import cspnet
+from cspnet.tools.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
+
+NAME = "cspdarknet_tiny"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = cspnet.create_model(NAME, num_classes=4, in_chans=1, gamma=0.25).eval()
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path, extra={"classes": ["a", "b", "c", "d"]})
+    return model, path
+
+
+def test_checkpoint_rebuilds_the_model_without_a_name(saved):
+    model, path = saved
+    loaded = cspnet.create_model(checkpoint=str(path)).eval()
+    assert loaded.model_name == NAME and loaded.num_classes == 4 and loaded.cfg.stages[0].gamma == 0.25
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_num_classes_different_from_the_checkpoint_replaces_the_head(saved):
+    _, path = saved
+    m = cspnet.create_model(checkpoint=str(path), num_classes=9).eval()
+    assert m(torch.randn(1, 1, 32, 32)).shape == (1, 9)
+
+
+def test_pt_files_load_with_weights_only(saved, tmp_path):
+    model, _ = saved
+    pt = tmp_path / "w.pt"
+    torch.save({"state_dict": model.state_dict()}, pt)
+    loaded = cspnet.create_model(NAME, num_classes=4, in_chans=1, gamma=0.25, checkpoint=str(pt)).eval()
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def one_line(exc_info):
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError) as e:
+        cspnet.create_model(NAME, checkpoint=str(tmp_path / "nope.safetensors"))
+    assert one_line(e).endswith("nope.safetensors: no such file")
+
+
+def test_truncated_safetensors(saved, tmp_path):
+    _, path = saved
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as e:
+        cspnet.create_model(checkpoint=str(bad))
+    assert "truncated.safetensors: not a readable .safetensors file" in one_line(e)
+
+
+def test_corrupt_pt_is_not_unpickled(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"state_dict": Evil()}))
+    with pytest.raises(CheckpointError) as e:
+        cspnet.create_model(NAME, checkpoint=str(bad))
+    assert "evil.pt: not a readable weights-only torch file" in one_line(e)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00\x01not a zip at all")
+    with pytest.raises(CheckpointError, match="garbage.pth: not a readable weights-only torch file"):
+        cspnet.create_model(NAME, checkpoint=str(garbage))
+
+
+def test_mismatched_keys_and_shapes_name_the_first_offender(saved, tmp_path):
+    model, _ = saved
+    state = model.state_dict()
+    pt = tmp_path / "keys.pt"
+    torch.save({k: v for k, v in state.items() if k != "stages.1.split_blocks.bn.bias"}, pt)
+    with pytest.raises(CheckpointError) as e:
+        cspnet.create_model(NAME, num_classes=4, in_chans=1, gamma=0.25, checkpoint=str(pt))
+    assert one_line(e) == f"{pt}: missing key 'stages.1.split_blocks.bn.bias' (the file does not fit this model)"
+    shapes = r"key 'stem.conv.weight' has shape \(8, 1, 3, 3\), the model needs \(8, 3, 3, 3\)"
+    with pytest.raises(CheckpointError, match=shapes):
+        cspnet.create_model(NAME, num_classes=4, gamma=0.25, in_chans=3, checkpoint=str(tmp_path / "model.safetensors"))
+
+
+def test_checkpoint_of_another_model_is_refused(saved):
+    _, path = saved
+    with pytest.raises(ValueError, match="holds weights of model 'cspdarknet_tiny', not 'darknet_tiny'"):
+        cspnet.create_model("darknet_tiny", checkpoint=str(path))
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def boom(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary left behind
