@@ -111,3 +111,24 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
         atomic_write_bytes(target, b"new contents")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary left behind
+
+
+def test_named_checkpoint_uses_the_stored_config(tmp_path):
+    """A baseline saved with fusion='none' loads under its registered name: the file's config wins."""
+    baseline = cspnet.create_model(NAME, num_classes=3, fusion="none").eval()
+    path = tmp_path / "baseline.safetensors"
+    save_checkpoint(baseline, path)
+    loaded = cspnet.create_model(NAME, checkpoint=str(path)).eval()
+    assert all(stage.fusion == "none" for stage in loaded.stages)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), baseline(x))
+
+
+def test_a_fresh_process_loads_a_checkpoint_without_a_name(saved):
+    import subprocess
+    import sys
+
+    _, path = saved
+    code = f"import cspnet; m = cspnet.create_model(checkpoint={str(path)!r}); print(m.model_name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == NAME

@@ -177,3 +177,22 @@ def test_torchvision_fashion_mnist_on_disk():
     assert data.classes[0] == "T-shirt/top" and data.in_chans == 1
     x, y, _ = data.val[0]
     assert x.shape == (1, 28, 28) and y == 9  # the first t10k image is an ankle boot
+
+
+def test_transform_styles():
+    from cspnet.data import build_transform, preprocess_spec
+
+    img = Image.fromarray(np.arange(100 * 60, dtype=np.uint32).reshape(60, 100).astype(np.uint8), "L")
+    photo = preprocess_spec(32, 1, small=False)
+    val = build_transform(photo, train=False)(img)
+    assert val.shape == (1, 32, 32)
+    whole = build_transform(photo, train=True, hflip=0.0, crop=False)(img)
+    assert whole.shape == (1, 32, 32) and not torch.equal(whole, val)  # val resizes to 32 / crop_pct first
+    flipped = build_transform(photo, train=True, hflip=1.0, crop=False)(img)
+    assert torch.equal(flipped, whole.flip(-1))
+    small = preprocess_spec(16, 1, small=True)
+    a = build_transform(small, train=True, hflip=0.0, crop=False)(img)
+    assert torch.equal(a, build_transform(small, train=False)(img))  # no crop, no flip: the eval image
+    torch.manual_seed(0)
+    crops = {build_transform(small, train=True, hflip=0.0)(img).sum().item() for _ in range(8)}
+    assert len(crops) > 1  # random crops differ

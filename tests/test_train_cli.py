@@ -119,6 +119,24 @@ def test_fine_tune_keeps_the_checkpoints_channels(digits_run, pets_run, tmp_path
     assert meta["in_chans"] == 1 and meta["classes"] == ["cat", "dog"] and meta["num_classes"] == 2
 
 
+def test_baseline_through_set_option(tmp_path):
+    """``--set fusion=none`` trains the plain-stage baseline, and its checkpoint rebuilds it."""
+    rc, _, err = _main(["train", *TINY, "--model", "cspresnet_tiny", "--set", "fusion=none", "--epochs", "1",
+                        "--batch-size", "128", "--out", tmp_path])
+    assert rc == 0, err
+    meta = json.loads((tmp_path / "last.json").read_text())
+    assert {st["fusion"] for st in meta["config"]["stages"]} == {"none"}
+    from cspnet import create_model
+    from cspnet.tools.profile import count_params
+
+    rebuilt = create_model(checkpoint=str(tmp_path / "last.safetensors"))
+    baseline = create_model("cspresnet_tiny", num_classes=10, in_chans=1, fusion="none")
+    assert count_params(rebuilt) == count_params(baseline)
+    assert count_params(baseline) != count_params(create_model("cspresnet_tiny", num_classes=10, in_chans=1))
+    rc, out, err = _main(["val", "--checkpoint", tmp_path, "--model", "cspresnet_tiny", "--out", tmp_path / "v"])
+    assert rc == 0 and out.splitlines()[-1].startswith("val top-1"), err
+
+
 def test_resume_of_a_finished_run_and_reused_out(digits_run):
     run, _ = digits_run
     rc, _, err = _main(["train", "--resume", "--out", run, "--quiet"])
@@ -150,6 +168,7 @@ def _bad_inputs(tmp: Path, run: Path, pets: Path):
         "other model's weights to start from": (["train", "--model", "cspresnet_tiny", "--checkpoint", run],
                                                 "holds weights of model 'resnet_tiny', not 'cspresnet_tiny'"),
         "missing checkpoint": (["val", "--checkpoint", tmp / "none.safetensors"], "no such checkpoint"),
+        "unknown model option": (["train", "--set", "fuson=none"], "unknown option 'fuson' for this model"),
         "checkpoint for other data": (["val", "--checkpoint", run, "--data", pets],
                                       "the model has 10 classes, " + str(pets) + " has 2"),
     }

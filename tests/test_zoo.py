@@ -186,3 +186,13 @@ def test_cli_list_and_bad_model_are_one_liners(capsys):
     assert cli(["info", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cspnet info: error: unknown model 'nope'")
+
+
+@pytest.mark.parametrize("argv", [["info", "cspresnext50", "--img-size", "-3"], ["info", "--img-size", "x", "resnet10"],
+                                  ["frobnicate"]])
+def test_cli_argument_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0]

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         if module not in seen:
             seen.add(module)
             importlib.import_module(f"cspnet.commands.{module}").add_parser(sub)
+    from .commands.args import one_line_errors
+
+    for p in (parser, *sub.choices.values()):
+        one_line_errors(p)
     return parser
 
 

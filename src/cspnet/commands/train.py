@@ -15,30 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .args import non_negative_float, positive_float, positive_int
+from .args import non_negative_float, non_negative_int, positive_float, positive_int
 
 DEFAULT_MODEL = "cspresnext_tiny"
 DEFAULT_EPOCHS = 15
 RUNS = Path("runs")
-
-
-def _one_line_errors(parser) -> None:
-    """argparse's usage block is long for these verbs: say what is wrong in one line instead."""
-
-    def error(message: str):
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parser.error = error
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
 
 
 def _model_option(text: str) -> tuple[str, object]:
@@ -55,7 +36,7 @@ def _model_option(text: str) -> tuple[str, object]:
 def _common(p, batch_default: int) -> None:
     p.add_argument("--batch-size", type=positive_int, default=batch_default,
                    help=f"global batch over all processes (default {batch_default})")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
+    p.add_argument("--workers", type=non_negative_int, default=None,
                    help="data-loading processes per rank (default: 0 for in-memory data, else up to 8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--amp", nargs="?", const="auto", default="none", choices=("none", "auto", "bf16", "fp16"),
@@ -87,10 +68,12 @@ def add_parser(sub) -> None:
     p.add_argument("--label-smoothing", type=non_negative_float, default=0.1)
     p.add_argument("--hflip", type=non_negative_float, default=None,
                    help="horizontal-flip probability (default 0.5; 0 for the digits)")
+    p.add_argument("--no-crop", dest="crop", action="store_false",
+                   help="no random crops in training (flip only): fits faster in short schedules")
     p.add_argument("--ema", action="store_true", help="evaluate and save an EMA of the weights")
     p.add_argument("--ema-decay", type=positive_float, default=0.9998)
     p.add_argument("--clip-grad", type=non_negative_float, default=0.0, help="max gradient norm (0: off)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
     p.add_argument("--set", dest="model_args", type=_model_option, action="append", default=[],
                    metavar="KEY=VALUE", help="model config override, e.g. --set fusion=none (the baseline)")
@@ -100,7 +83,6 @@ def add_parser(sub) -> None:
                    help="continue the run in --out (default: the newest run) from its last epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _common(p, 64)
-    _one_line_errors(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("val", help="evaluate a checkpoint on a data set's validation split")
@@ -111,7 +93,6 @@ def add_parser(sub) -> None:
                    help="only for weights without cspnet metadata (default 224)")
     p.add_argument("--out", default=None, help="run directory for metrics.json (default runs/val/NAME)")
     _common(p, 256)
-    _one_line_errors(p)
     p.set_defaults(func=run_val)
 
     p = sub.add_parser("predict", help="top-5 classes of image files")
@@ -126,7 +107,6 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="let the inference optimizer try torch.compile (pays off for many images)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op CPU threads (default: torch's)")
-    _one_line_errors(p)
     p.set_defaults(func=run_predict)
 
 
@@ -169,7 +149,10 @@ def _load_model_for_eval(args):
     list_models()  # registers the config types; create_model(checkpoint=) without a name needs them
     if not meta and not args.model:
         raise ValueError(f"{path}: the file carries no cspnet metadata; pass --model NAME too")
-    model = create_model(args.model, checkpoint=str(path))
+    # with metadata, build from the stored config (it may carry overrides such as fusion="none");
+    # a different --model name still reaches create_model, which refuses the mismatch
+    name = None if meta and args.model in (None, meta.get("model")) else args.model
+    model = create_model(name, checkpoint=str(path))
     return model, meta, path
 
 
@@ -289,7 +272,7 @@ def _train(args, dist, where: dict) -> int:
         args.checkpoint = str(resolve_checkpoint(args.checkpoint))
         if in_chans is None:  # fine-tuning keeps the checkpoint's input channels
             in_chans = read_run_meta(Path(args.checkpoint)).get("in_chans")
-    data = build_classify_data(args.data, args.img_size, in_chans, args.hflip)
+    data = build_classify_data(args.data, args.img_size, in_chans, args.hflip, crop=args.crop)
     if args.workers is None:
         args.workers = _default_workers(data)
     seed_everything(args.seed)

@@ -78,6 +78,7 @@ def build_classify_data(
     in_chans: int | None = None,
     hflip: float | None = None,
     preprocess: dict | None = None,
+    crop: bool = True,
 ) -> ClassifyData:
     """Load ``spec`` and attach transforms.
 
@@ -91,7 +92,7 @@ def build_classify_data(
         chans = in_chans or (1 if source.grey else 3)
         preprocess = preprocess_spec(img_size or default_img_size(source), chans, source.small)
     flip = source.hflip if hflip is None else hflip
-    train = ClassifySamples(source.train, build_transform(preprocess, True, flip), substitute=True)
+    train = ClassifySamples(source.train, build_transform(preprocess, True, flip, crop), substitute=True)
     val = ClassifySamples(source.val, build_transform(preprocess, False), substitute=False)
     if len(source.train) == 0 or len(source.val) == 0:
         raise ValueError(f"{spec}: the {'train' if len(source.train) == 0 else 'val'} split holds no images")

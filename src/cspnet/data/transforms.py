@@ -7,6 +7,8 @@ Two styles:
   training adds a random crop from a border of ``img_size // 8`` pixels and the flip.
 - ``photo``: training takes random-resized crops (scale 0.25-1) and the flip; evaluation resizes the
   shorter side to ``img_size / crop_pct`` and takes the centre crop.
+
+Without random crops (``crop=False``) training sees the whole image, flipped at random.
 """
 
 from __future__ import annotations
@@ -58,15 +60,18 @@ class ToChannels(torch.nn.Module):
         raise ValueError(f"cannot turn a {chans}-channel image into {self.in_chans} channels")
 
 
-def build_transform(pre: dict, train: bool, hflip: float = 0.5) -> v2.Compose:
+def build_transform(pre: dict, train: bool, hflip: float = 0.5, crop: bool = True) -> v2.Compose:
+    """``crop=False`` trains on whole images (flip only): faster to fit, for short schedules."""
     size = int(pre["img_size"])
     steps: list = [ToChannels(int(pre["in_chans"]))]
     if pre["style"] == "small":
         steps.append(v2.Resize((size, size), antialias=True))
-        if train:
+        if train and crop:
             steps.append(v2.RandomCrop(size, padding=max(1, size // 8)))
-    elif train:
+    elif train and crop:
         steps.append(v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True))
+    elif train:
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     else:
         steps += [v2.Resize(round(size / float(pre["crop_pct"])), antialias=True), v2.CenterCrop(size)]
     if train and hflip > 0:

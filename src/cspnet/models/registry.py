@@ -89,6 +89,7 @@ def create_model(
     .pt/.pth) file; one written by cspnet carries its model name and config, so ``name`` may be
     omitted. A ``num_classes`` different from the checkpoint's replaces the classifier after loading.
     """
+    _ensure_loaded()  # checkpoint configs name their family's config types
     if num_classes is not None:
         _check_int(num_classes, "num_classes", 0)
     if in_chans is not None:
@@ -103,13 +104,15 @@ def create_model(
             raise ValueError("create_model needs a model name or a checkpoint")
         if meta is None:
             raise ValueError(f"{checkpoint}: the file carries no cspnet metadata; pass the model name too")
+        name = meta.get("model")
+    elif meta is not None and meta.get("model") not in (None, name):
+        raise ValueError(f"{checkpoint}: holds weights of model {meta['model']!r}, not {name!r}")
+    if meta is not None and "config" in meta:
         from .config import from_dict
 
-        name, cfg = meta.get("model"), from_dict(meta["config"])
+        cfg = from_dict(meta["config"])  # the checkpoint's own config (e.g. saved with fusion="none")
     else:
         cfg = get_entry(name).cfg
-        if meta is not None and meta.get("model") not in (None, name):
-            raise ValueError(f"{checkpoint}: holds weights of model {meta['model']!r}, not {name!r}")
     cfg = apply_overrides(cfg, overrides)
     build_classes = meta.get("num_classes", 1000) if meta else (1000 if num_classes is None else num_classes)
     build_chans = (meta.get("in_chans", 3) if meta else 3) if in_chans is None else in_chans
