@@ -28,8 +28,11 @@ OURS_TO_TIMM = {ours: timm_name for timm_name, ours in TIMM_MODELS.items()}
 
 
 def img_size_of(name: str) -> int:
+    """The reference resolution; the Table 1 ablations take PeleeNet's (224), the rest 256."""
     ref = getattr(get_entry(name).cfg, "reference", None)
-    return ref.img_size if ref else 256
+    if ref:
+        return ref.img_size
+    return 224 if name.startswith("csppeleenet_") else 256
 
 
 def measure_group(names: list[str], rounds: int, warmup: int) -> dict[str, dict]:

@@ -3,12 +3,13 @@
 from .activations import ACTIVATIONS, check_act, make_act
 from .conv import BnActConv, ConvBnAct
 from .dense import DenseBlock, DenseLayer
-from .pooling import ClassifierHead, DarknetMaxPool
+from .pooling import AvgPool2x2, ClassifierHead, DarknetMaxPool
 from .shortcut import partial_add
 from .stem import ConvPoolStem
 
 __all__ = [
     "ACTIVATIONS",
+    "AvgPool2x2",
     "BnActConv",
     "ClassifierHead",
     "ConvBnAct",

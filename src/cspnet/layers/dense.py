@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .conv import BnActConv, ConvBnAct
+from .fastpath import eager_inference, tracing
 
 
 class DenseLayer(nn.Module):
@@ -68,12 +69,11 @@ class DenseBlock(nn.Module):
         self.memory_efficient = True  # training: keep layer inputs as pieces, re-concatenate in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if torch.is_grad_enabled() and self.memory_efficient and not tracing:
+        if torch.is_grad_enabled() and self.memory_efficient and not tracing():
             return self._forward_lean(x)
-        if torch.is_grad_enabled() or not self.use_buffer or tracing:
-            return self._forward_concat(x)
-        return self._forward_buffer(x)
+        if self.use_buffer and eager_inference():
+            return self._forward_buffer(x)
+        return self._forward_concat(x)
 
     def _forward_concat(self, x):
         for layer in self.layers:

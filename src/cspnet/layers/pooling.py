@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fastpath import eager_inference
+
+
+def _pad_to_even(x: torch.Tensor, value: float) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, w % 2, 0, h % 2), value=value) if h % 2 or w % 2 else x
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(x, 2, 2, ceil_mode=True)`` as the maximum of four strided views: the same
+    values, about 8x faster in eager NCHW on this CPU (no indices are computed). Inference only:
+    its gradient would split ties between the views."""
+    x = _pad_to_even(x, float("-inf"))
+    return torch.maximum(torch.maximum(x[..., ::2, ::2], x[..., ::2, 1::2]),
+                         torch.maximum(x[..., 1::2, ::2], x[..., 1::2, 1::2]))
+
+
+class AvgPool2x2(nn.Module):
+    """2x2/2 average pool (``AvgPool2d(2, 2, ceil_mode=...)``); in eager inference on even sizes
+    it is the mean of four strided views, several times faster in NCHW."""
+
+    def __init__(self, ceil_mode: bool = False):
+        super().__init__()
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if eager_inference() and not h % 2 and not w % 2:
+            return (x[..., ::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, ::2] + x[..., 1::2, 1::2]) * 0.25
+        return F.avg_pool2d(x, 2, 2, ceil_mode=self.ceil_mode)
+
+    def extra_repr(self):
+        return f"ceil_mode={self.ceil_mode}"
 
 
 class DarknetMaxPool(nn.Module):
@@ -20,6 +55,8 @@ class DarknetMaxPool(nn.Module):
     def forward(self, x):
         s, t = self.size, self.stride
         if s == 2 and t == 2:  # the common case: no explicit padding needed
+            if eager_inference():
+                return max_pool_2x2(x)
             return F.max_pool2d(x, 2, 2, ceil_mode=True)
         pad = s - 1  # darknet's default total padding; the window starts at -(s-1)//2
         left = pad // 2

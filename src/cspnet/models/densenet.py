@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..csp import CrossStagePartial
-from ..layers import ConvPoolStem, DarknetMaxPool, DenseBlock, make_act
+from ..layers import AvgPool2x2, ConvPoolStem, DarknetMaxPool, DenseBlock, make_act
 from .classifier import Classifier, stage_feature_info
 from .config import Reference, config_type
 
@@ -105,7 +105,7 @@ def _pool(kind: str) -> nn.Module:
     if kind == "max":
         return DarknetMaxPool(2, 2)
     if kind == "avg":
-        return nn.AvgPool2d(2, 2)
+        return AvgPool2x2()
     raise ValueError(f"transition_pool={kind!r} is not allowed; choose 'max' or 'avg'")
 
 

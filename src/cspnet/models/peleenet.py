@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..csp import FUSIONS, POOL_POSITIONS, CrossStagePartial
-from ..layers import ConvBnAct, DarknetMaxPool, DenseBlock
+from ..layers import AvgPool2x2, ConvBnAct, DarknetMaxPool, DenseBlock
 from .classifier import Classifier, stage_feature_info
 from .config import Reference, config_type
 
@@ -143,7 +143,7 @@ def build_peleenet(cfg: PeleeNetCfg, num_classes: int = 1000, in_chans: int = 3)
     for i, st in enumerate(cfg.stages):
         check_csp_row(i, st.gamma, st.fusion)
         make_blocks = two_way_dense_block(st.depth, cfg.growth, st.bottleneck_chs, cfg.act)
-        pool = nn.AvgPool2d(2, 2, ceil_mode=True) if st.pool else None
+        pool = AvgPool2x2(ceil_mode=True) if st.pool else None
         if st.fusion == "none":
             stage = CrossStagePartial(
                 prev, st.out_chs, make_blocks, fusion="none", transition="always", pool=pool, act=cfg.act

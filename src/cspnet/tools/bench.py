@@ -147,6 +147,9 @@ def _engine_callable(engine: str, unit: _Unit, x: torch.Tensor, workdir: Path, t
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # ORT's pool threads otherwise spin-wait after each run and steal the cores from whatever is
+        # timed next: interleaved, that made torch look 2-3x slower than it is
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(str(_onnx_file(unit, x, workdir)), opts, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
         fn = lambda: sess.run(None, feed)[0]  # noqa: E731
