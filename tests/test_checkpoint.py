@@ -64,20 +64,45 @@ def test_truncated_safetensors(saved, tmp_path):
     assert "truncated.safetensors: not a readable .safetensors file" in one_line(e)
 
 
-def test_corrupt_pt_is_not_unpickled(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("unpickled!",))
+class Evil:
+    """Unpickling this creates ``marker``: the proof that a payload ran."""
 
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_malicious_pt_is_not_unpickled(tmp_path, writer):
+    marker = tmp_path / "payload-ran"
     bad = tmp_path / "evil.pt"
-    bad.write_bytes(pickle.dumps({"state_dict": Evil()}))
+    if writer == "pickle":
+        bad.write_bytes(pickle.dumps({"state_dict": Evil(marker)}))
+    else:
+        torch.save({"state_dict": Evil(marker)}, bad)
     with pytest.raises(CheckpointError) as e:
         cspnet.create_model(NAME, checkpoint=str(bad))
-    assert "evil.pt: not a readable weights-only torch file" in one_line(e)
+    text = one_line(e)
+    assert text.startswith(f"{bad}: not a readable weights-only torch file (refused to unpickle: ")
+    assert not marker.exists(), "the pickled payload ran"
+    # torch's own message advises weights_only=False or allowlisting the global: never pass that on
+    assert "weights_only" not in text and "add_safe_globals" not in text and "trusted source" not in text
+    if writer == "torch.save":
+        assert text.endswith("Unsupported global: GLOBAL io.open was not an allowed global by default)")
+    # the control: an ordinary unpickling runs the payload
+    loaded = pickle.loads(bad.read_bytes()) if writer == "pickle" else torch.load(bad, weights_only=False)
+    loaded["state_dict"].close()  # the file object the payload opened
+    assert marker.exists()
+
+
+def test_a_pt_file_that_is_not_a_torch_file(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00\x01not a zip at all")
-    with pytest.raises(CheckpointError, match="garbage.pth: not a readable weights-only torch file"):
+    with pytest.raises(CheckpointError) as e:
         cspnet.create_model(NAME, checkpoint=str(garbage))
+    assert one_line(e).startswith(f"{garbage}: not a readable weights-only torch file (")
 
 
 def test_mismatched_keys_and_shapes_name_the_first_offender(saved, tmp_path):
@@ -88,9 +113,12 @@ def test_mismatched_keys_and_shapes_name_the_first_offender(saved, tmp_path):
     with pytest.raises(CheckpointError) as e:
         cspnet.create_model(NAME, num_classes=4, in_chans=1, gamma=0.25, checkpoint=str(pt))
     assert one_line(e) == f"{pt}: missing key 'stages.1.split_blocks.bn.bias' (the file does not fit this model)"
-    shapes = r"key 'stem.conv.weight' has shape \(8, 1, 3, 3\), the model needs \(8, 3, 3, 3\)"
-    with pytest.raises(CheckpointError, match=shapes):
-        cspnet.create_model(NAME, num_classes=4, gamma=0.25, in_chans=3, checkpoint=str(tmp_path / "model.safetensors"))
+    saved_path = tmp_path / "model.safetensors"
+    with pytest.raises(CheckpointError) as e:
+        cspnet.create_model(NAME, num_classes=4, gamma=0.25, in_chans=3, checkpoint=str(saved_path))
+    assert one_line(e) == (
+        f"{saved_path}: key 'stem.conv.weight' has shape (8, 1, 3, 3), the model needs (8, 3, 3, 3)"
+    )
 
 
 def test_checkpoint_of_another_model_is_refused(saved):

@@ -44,7 +44,7 @@ def test_unknown_split_and_concat_are_rejected():
 
 
 def test_groups_that_do_not_divide_the_channels_are_rejected():
-    with pytest.raises(ValueError, match="groups=3 must divide both in_chs=32 and out_chs=32"):
+    with pytest.raises(ValueError, match="groups=3 must divide both in_chs=32 and out_chs=32; allowed: 1, 2, 4, 8, 16, 32$"):
         CrossStagePartial(32, 64, conv_blocks, stride=2, down_groups=3)
 
 

@@ -196,3 +196,70 @@ def test_cli_argument_errors_are_one_line(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0]
+
+
+def test_zoo_table_lists_every_registered_model():
+    """benchmarks/zoo.md is the zoo's published table: a model registered since it was written is missing."""
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.md").read_text()
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+    missing = sorted(set(cspnet.list_models()) - rows)
+    assert not missing, f"benchmarks/zoo.md lacks {missing}; rerun python benchmarks/zoo.py"
+
+
+@pytest.mark.parametrize("gamma,splits", [
+    # the block part rounds to whole groups of 32 (nearest, at least one group, one bypass channel)
+    (0.3, [(64, 192), (160, 352), (320, 704), (608, 1440)]),  # 256 * 0.7 = 179.2 -> 192
+    (0.01, [(32, 224), (32, 480), (32, 992), (32, 2016)]),
+    (0.99, [(224, 32), (480, 32), (992, 32), (2016, 32)]),
+])
+def test_any_gamma_builds_on_grouped_models(gamma, splits):
+    m = meta_model("cspresnext50", gamma=gamma)
+    assert [s.split_sizes for s in m.stages] == splits
+    assert [s.gamma for s in m.stages] == [b / (b + p) for b, p in splits]  # the gamma each stage runs at
+
+
+def test_the_papers_gammas_are_not_rounded_on_grouped_models():
+    for gamma, splits in [(0.5, [(128, 128), (256, 256), (512, 512), (1024, 1024)]),
+                          (0.25, [(64, 192), (128, 384), (256, 768), (512, 1536)])]:
+        m = meta_model("timm_cspresnext50", gamma=gamma)
+        assert [s.split_sizes for s in m.stages] == splits and {s.gamma for s in m.stages} == {gamma}
+
+
+def test_a_grouped_stage_too_narrow_for_any_split_names_gamma_and_groups():
+    with pytest.raises(ValueError) as e:
+        cspnet.create_model("cspresnext_tiny", groups=32, gamma=0.3)
+    assert str(e.value) == ("stage 0: gamma=0.3 cannot split 32 channels into a bypass and whole groups of 32: "
+                            "with groups=32 a stage needs at least 33 channels")
+
+
+@pytest.mark.parametrize("size", ["1", "3", "31"])
+def test_cli_info_rejects_inputs_smaller_than_the_network_stride(size, capsys):
+    assert cli(["info", "cspresnext50", "--img-size", size]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cspnet info: error: --img-size {size} is smaller than the model's total stride 32; "
+                   "use at least 32"]
+
+
+def test_cli_info_accepts_odd_sizes_from_the_stride_up(capsys):
+    assert cli(["info", "cspresnext_tiny", "--img-size", "33"]) == 0
+    assert "input        3x33x33" in capsys.readouterr().out
+
+
+def test_cli_convert_reports_an_unknown_timm_name_before_the_files(tmp_path, capsys):
+    assert cli(["convert", "--from", "timm", "nope", str(tmp_path / "a.pt"), str(tmp_path / "b.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cspnet convert: error: no cspnet model for timm's 'nope'; supported: ")
+
+
+@pytest.mark.parametrize("argv", [["list"], ["info", "cspresnext_tiny"]])
+def test_cli_ends_quietly_when_the_reader_closes_the_pipe(argv):
+    """`cspnet list | head -1`: the read end is closed before the first write, so every write fails."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "cspnet", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == ""

@@ -2,13 +2,15 @@
 
 A verb module defines ``add_parser(subparsers)`` which registers its sub-parser and sets
 ``func=run`` with ``run(args) -> int``. Any ValueError/OSError raised by a verb is printed as one
-line (``cspnet <verb>: error: ...``) with exit status 2, never as a traceback.
+line (``cspnet <verb>: error: ...``) with exit status 2, never as a traceback. A reader that
+closes the pipe early (``cspnet list | head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # verb -> module under cspnet.commands
@@ -43,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter shutdown
+        return status
+    except BrokenPipeError:
+        # the reader has gone: point stdout at devnull so the exit flush cannot fail again, and
+        # exit 1 without a message (the Python docs' recipe for SIGPIPE)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -53,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cspnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except (ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"cspnet {args.command}: error: {msg}", file=sys.stderr)

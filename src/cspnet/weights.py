@@ -89,14 +89,21 @@ def _build_for(model_name: str, state: dict[str, torch.Tensor]):
         return create_model(model_name, num_classes=num_classes, in_chans=in_chans)
 
 
+def check_timm_name(timm_name: str) -> str:
+    """The cspnet model for a timm name; a one-line ValueError listing the supported ones otherwise
+    (checked before any file is read, so a typo is reported as a typo)."""
+    if timm_name not in _RULES:
+        raise ValueError(f"no cspnet model for timm's {timm_name!r}; supported: {', '.join(TIMM_MODELS)}")
+    return TIMM_MODELS[timm_name]
+
+
 def from_timm(state_dict: dict[str, torch.Tensor], timm_name: str) -> tuple[str, dict[str, torch.Tensor]]:
     """Map a timm state dict of ``timm_name`` onto cspnet's model of the same architecture.
 
     Returns ``(cspnet_model_name, state_dict)``; the state dict loads with ``strict=True``.
     Raises ValueError naming the first key that has no counterpart or the wrong shape.
     """
-    if timm_name not in _RULES:
-        raise ValueError(f"no cspnet model for timm's {timm_name!r}; supported: {', '.join(TIMM_MODELS)}")
+    check_timm_name(timm_name)
     rules = _RULES[timm_name]
     out = {}
     for key, value in state_dict.items():

@@ -20,9 +20,11 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..tools.checkpoint import load_state_dict_file, save_checkpoint
-    from ..weights import from_timm, save_converted
+    from ..weights import check_timm_name, from_timm, save_converted
 
     first, second, out = args.inputs
+    if args.source == "timm":
+        check_timm_name(first)
     out_path = Path(out)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"{out}: the output must be a .safetensors file")

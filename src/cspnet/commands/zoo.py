@@ -36,6 +36,7 @@ def run_list(args) -> int:
 
 def run_info(args) -> int:
     from ..models import create_model, get_entry
+    from ..tools.modelspec import check_img_size
     from ..tools.profile import profile
 
     if args.cfg is not None:
@@ -52,6 +53,7 @@ def run_info(args) -> int:
     size = args.img_size or (ref.img_size if ref else 256)
     with torch.device("meta"):
         model = create_model(args.model, num_classes=args.num_classes)
+    check_img_size(model, size, divisible=False)  # the models run on odd sizes too: only the minimum holds
     p = profile(model, size)
     print(f"model        {args.model}  ({entry.family} family)")
     print(f"input        3x{size}x{size}")

@@ -9,8 +9,10 @@ from .activations import make_act
 
 def _check_groups(in_chs: int, out_chs: int, groups: int) -> None:
     if groups < 1 or in_chs % groups or out_chs % groups:
+        allowed = [g for g in range(1, min(in_chs, out_chs) + 1) if in_chs % g == 0 and out_chs % g == 0]
         raise ValueError(
-            f"groups={groups} must divide both in_chs={in_chs} and out_chs={out_chs}"
+            f"groups={groups} must divide both in_chs={in_chs} and out_chs={out_chs}; "
+            f"allowed: {', '.join(map(str, allowed))}"
         )
 
 

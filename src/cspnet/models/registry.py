@@ -85,7 +85,8 @@ def create_model(
 
     ``num_classes`` defaults to 1000 (or the checkpoint's), ``in_chans`` to 3 (or the
     checkpoint's). ``overrides`` replace config fields; stage fields such as ``gamma=``,
-    ``fusion=`` or ``act=`` apply to every (CSP) stage. ``checkpoint`` loads a .safetensors (or
+    ``fusion=`` or ``act=`` apply to every (CSP) stage; on grouped (ResNeXt) stages ``gamma`` is
+    rounded to whole groups. ``checkpoint`` loads a .safetensors (or
     .pt/.pth) file; one written by cspnet carries its model name and config, so ``name`` may be
     omitted. A ``num_classes`` different from the checkpoint's replaces the classifier after loading.
     """

@@ -65,7 +65,9 @@ class ResStage:
     concatenation / ``out_chs``. ``down="block"`` strides the first block (ResNet); ``"conv"`` adds a
     3x3 base layer (every CSP cfg). ``split_act="linear"`` is darknet's linear split convs
     (``csresnext50.cfg`` layers 21/23, timm's ``cross_linear``); ``uneven_split`` is darknet's first
-    stage (layers 2-8: a 64-ch block input under a 128-ch bypass, partial first shortcut)."""
+    stage (layers 2-8: a 64-ch block input under a 128-ch bypass, partial first shortcut). With
+    ``groups > 1`` the block part of a CSP split is rounded to whole groups (:func:`grouped_gamma`),
+    so any ``gamma`` in (0, 1) builds; the built stage's ``gamma`` is the one it runs at."""
 
     depth: int
     out_chs: int
@@ -113,6 +115,26 @@ def _res_blocks(cfg: ResNetCfg, st: ResStage, stride: int):
     return make_blocks
 
 
+def grouped_gamma(gamma, hidden_chs: int, groups: int, stage: int):
+    """The gamma a grouped (ResNeXt) CSP stage runs at: its block part rounded to the nearest
+    multiple of ``groups`` (at least one group, leaving at least one bypass channel), so that any
+    gamma in (0, 1) builds. The paper's gammas already give whole groups and are returned as is.
+    Anything but a number in (0, 1) is returned unchanged for CrossStagePartial to reject."""
+    if groups == 1 or isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < 1:
+        return gamma
+    part = hidden_chs - int(round(gamma * hidden_chs))
+    if part % groups == 0 and 0 < part < hidden_chs:
+        return gamma
+    most = (hidden_chs - 1) // groups * groups
+    if most < groups:
+        raise ValueError(
+            f"stage {stage}: gamma={gamma} cannot split {hidden_chs} channels into a bypass and whole groups "
+            f"of {groups}: with groups={groups} a stage needs at least {groups + 1} channels"
+        )
+    part = min(most, max(groups, int(part / groups + 0.5) * groups))
+    return (hidden_chs - part) / hidden_chs
+
+
 def build_resnet(cfg: ResNetCfg, num_classes: int = 1000, in_chans: int = 3) -> Classifier:
     if cfg.block not in BLOCKS:
         raise ValueError(f"block={cfg.block!r} is not allowed; choose one of {', '.join(BLOCKS)}")
@@ -136,6 +158,7 @@ def build_resnet(cfg: ResNetCfg, num_classes: int = 1000, in_chans: int = 3) -> 
                 stride=1 if in_block else st.stride, down_groups=st.groups, block_chs=hidden, **common,
             )
         else:
+            common["gamma"] = grouped_gamma(st.gamma, hidden, st.groups, i)
             stage = CrossStagePartial(
                 prev, st.out_chs, _res_blocks(cfg, st, 1),
                 stride=st.stride, down_groups=st.groups, split=cfg.split, concat=cfg.concat,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -128,11 +130,25 @@ def _first_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _refusal(e: Exception) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load the file with
+    ``weights_only=False`` or to allowlist the global: that is exactly what must not be done with
+    an untrusted file."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return _first_line(e)
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    reason = found.group(1).split(" Please use")[0].strip().rstrip(".") if found else ""
+    return f"refused to unpickle: {reason or 'it holds objects other than tensors'}"
+
+
 def _load_torch(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol says nothing to a user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable weights-only torch file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable weights-only torch file ({_refusal(e)})") from None
 
 
 def load_state_dict_file(path) -> dict[str, torch.Tensor]:

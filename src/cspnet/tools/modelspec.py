@@ -39,11 +39,17 @@ def default_img_size(model: nn.Module) -> int:
     return int(ref.img_size) if ref is not None else 256
 
 
-def check_img_size(model: nn.Module, img_size: int) -> int:
-    """``img_size`` if the model's stride divides it; else a ValueError naming the nearest sizes."""
+def check_img_size(model: nn.Module, img_size: int, divisible: bool = True) -> int:
+    """``img_size`` if it is at least the model's total stride (a smaller input vanishes before the
+    last stage) and, with ``divisible``, a multiple of it (export and timing want whole feature
+    maps); else a one-line ValueError naming the sizes that work."""
     stride = model_stride(model)
-    if img_size % stride:
-        lo = max(stride, img_size // stride * stride)
+    if img_size < stride:
+        raise ValueError(
+            f"--img-size {img_size} is smaller than the model's total stride {stride}; use at least {stride}"
+        )
+    if divisible and img_size % stride:
+        lo = img_size // stride * stride
         raise ValueError(
             f"--img-size {img_size} is not divisible by the model's stride {stride}; use {lo} or {lo + stride}"
         )
