@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import shared_path
@@ -69,11 +71,37 @@ def test_syntax_errors_name_file_and_line(text, line, words):
     assert "\n" not in msg
 
 
-def test_empty_and_layerless_files():
-    with pytest.raises(CfgError, match="no sections"):
-        parse_text("# nothing\n", "empty.cfg")
-    with pytest.raises(CfgError, match=r"\[net\] but no layers"):
-        parse_text("[net]\nwidth=8\n", "net.cfg")
+def test_empty_and_layerless_files_name_their_last_line():
+    with pytest.raises(CfgError, match=r"^empty\.cfg:2: no sections up to the end of the file; "):
+        parse_text("# nothing\n; still nothing\n", "empty.cfg")
+    with pytest.raises(CfgError, match=r"^empty\.cfg:1: no sections"):
+        parse_text("", "empty.cfg")
+    with pytest.raises(CfgError, match=r"^net\.cfg:4: \[net\] \(line 2\) but no layers up to the end of the file$"):
+        parse_text("# a net alone\n[net]\nwidth=8\n\n", "net.cfg")
+
+
+def test_a_utf8_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.cfg"
+    path.write_bytes(b"\xef\xbb\xbf" + TINY.replace("\n", "\r\n").encode())  # as Windows Notepad saves it
+    cfg = parse_cfg(path)
+    assert cfg.net.int("width") == 32 and cfg.net.line == 1
+    assert [s.kind for s in cfg.layers] == ["convolutional", "maxpool"]
+
+
+@pytest.mark.parametrize("error, words", [(PermissionError(13, "Permission denied"), "Permission denied"),
+                                          (OSError(5, "Input/output error"), "Input/output error"),
+                                          (OSError("no errno"), "OSError")], ids=["permission", "io", "bare"])
+def test_an_unreadable_cfg_is_a_cfg_error(tmp_path, monkeypatch, error, words):
+    path = tmp_path / "locked.cfg"
+    path.write_text(TINY)
+
+    def refuse(self):
+        raise error
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)  # chmod 000 does not stop root
+    with pytest.raises(CfgError) as e:
+        parse_cfg(path)
+    assert str(e.value) == f"{path}: cannot read the cfg file: {words}"
 
 
 def test_value_errors_name_the_option_line():

@@ -107,6 +107,20 @@ def test_to_native_model_applies_the_activation_override(tmp_path):
     _same_logits(net, model, torch.randn(1, 3, 64, 96))
 
 
+def test_the_output_check_is_absolute(tmp_path, monkeypatch):
+    """1e-4 whatever the logits' size: large logits must not widen what counts as the same network."""
+    import cspnet.darknet.native as native
+
+    path = tmp_path / "r10.weights"
+    _random_weights("resnet10.cfg", path)
+    monkeypatch.setattr(native, "compare_outputs", lambda *a, **k: (0.9e-4, 1000.0))
+    assert to_native_model(cfg("resnet10.cfg"), path).model_name == "resnet10"
+    monkeypatch.setattr(native, "compare_outputs", lambda *a, **k: (1.5e-4, 1000.0))
+    with pytest.raises(ValueError, match=r"resnet10\.cfg: the cfg network and native resnet10 give different "
+                                         r"outputs \(max difference 0\.00015, largest logit 1e\+03\); "):
+        to_native_model(cfg("resnet10.cfg"), path)
+
+
 def test_no_native_counterpart_is_a_clear_error(tmp_path):
     path = tmp_path / "r10.weights"
     _random_weights("resnet10.cfg", path)

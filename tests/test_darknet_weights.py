@@ -97,7 +97,7 @@ size=1
 activation=linear
 
 [convolutional]
-filters=1
+filters=3
 size=1
 activation=linear
 
@@ -107,36 +107,57 @@ batch_normalize=1
 activation=linear
 """
 
+FC = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]  # (out=2, in=3), distinct values: a dropped transpose shows
 
-def _layout_file(path, major=0, minor=2, transposed=False, seen=1234):
-    fc = np.array([[1.0, 2.0]]).T if transposed else np.array([[1.0], [2.0]])  # (out=2, in=1)
-    head = struct.pack("<3iq" if major * 10 + minor >= 2 else "<3ii", major, minor, 7, seen)
+
+def _layout_file(path, major=0, minor=2, transposed=False, seen=1234, seen_bits=None):
+    fc = np.array(FC).T if transposed else np.array(FC)  # transposed files store (in, out)
+    seen_bits = seen_bits or (64 if major * 10 + minor >= 2 else 32)
+    head = struct.pack("<3iq" if seen_bits == 64 else "<3ii", major, minor, 7, seen)
     body = _f32(
         [0.5, -0.5], [2.0, 3.0], [0.1, 0.2], [4.0, 9.0], [[1.0, 0.0], [0.0, 1.0]],  # conv+BN: beta gamma mean var W
-        [0.25], [[1.0, -1.0]],  # conv with bias: bias, W
+        [0.25, -0.5, 0.0], [[1.0, -1.0], [0.0, 1.0], [2.0, 0.0]],  # conv with bias: bias, W
         [7.0, 8.0], fc.flatten(), [1.0, 1.0], [0.0, 0.0], [1.0, 1.0],  # connected: beta, W, gamma, mean, var
     )
     path.write_bytes(head + body)
 
 
-@pytest.mark.parametrize("major, minor, transposed", [(0, 2, False), (0, 1, False), (1001, 2, True)],
-                         ids=["seen64", "seen32", "transposed-fc"])
-def test_darknet_layout_and_headers(tmp_path, major, minor, transposed):
+@pytest.mark.parametrize(
+    "major, minor, transposed, seen_bits",
+    [(0, 2, False, None), (0, 1, False, None), (1, 0, False, None), (1001, 2, True, None),
+     # pjreddie's darknet reads a 32-bit seen for a major >= 1000; AlexeyAB's rule says 64: the size decides
+     (1001, 2, True, 32),
+     (0, 1, False, 64)],
+    ids=["seen64", "seen32", "v1.0-seen64", "transposed-fc", "pjreddie-transposed-seen32", "v0.1-seen64"],
+)
+def test_darknet_layout_and_headers(tmp_path, major, minor, transposed, seen_bits):
     path = tmp_path / "layout.weights"
-    _layout_file(path, major, minor, transposed)
+    _layout_file(path, major, minor, transposed, seen_bits=seen_bits)
+    header = 20 if (seen_bits or (64 if major * 10 + minor >= 2 else 32)) == 64 else 16
+    assert path.stat().st_size == header + 4 * (12 + 9 + 14)  # conv+BN, conv+bias, connected+BN
     net = build(parse_text(LAYOUT, "layout.cfg"))
     assert load_weights(net, path) == (major, minor, 7, 1234)
     bn = net.layers[0].bn
     assert bn.bias.tolist() == [0.5, -0.5] and bn.weight.tolist() == [2.0, 3.0]
     assert torch.allclose(bn.running_mean, torch.tensor([0.1, 0.2]))
     assert bn.running_var.tolist() == [4.0, 9.0]
-    assert net.layers[1].conv.bias.tolist() == [0.25]
+    assert net.layers[1].conv.bias.tolist() == [0.25, -0.5, 0.0]
     fc = net.layers[2]
-    assert fc.fc.weight.tolist() == [[1.0], [2.0]] and fc.bn.bias.tolist() == [7.0, 8.0]
-    # x = (1, 3): BN -> (2*(1-0.1)/2 + 0.5, 3*(3-0.2)/3 - 0.5) = (1.4, 2.3); conv2: 1.4 - 2.3 + 0.25
+    assert fc.fc.weight.tolist() == FC and fc.bn.bias.tolist() == [7.0, 8.0]
+    # x = (1, 3): BN -> (2*(1-0.1)/2 + 0.5, 3*(3-0.2)/3 - 0.5) = (1.4, 2.3); conv1 -> (1.4 - 2.3 + 0.25,
+    # 2.3 - 0.5, 2 * 1.4) = (-0.65, 1.8, 2.8); connected -> (-0.65 + 3.6 + 8.4 + 7, -2.6 + 9 + 16.8 + 8)
     y = net.eval().run(torch.tensor([[[[1.0]], [[3.0]]]]), [1, 2])
-    assert torch.allclose(y[1].flatten(), torch.tensor([-0.65]), atol=1e-6)
-    assert torch.allclose(y[2].flatten(), torch.tensor([-0.65 + 7.0, -1.3 + 8.0]), atol=1e-5)
+    assert torch.allclose(y[1].flatten(), torch.tensor([-0.65, 1.8, 2.8]), atol=1e-6)
+    assert torch.allclose(y[2].flatten(), torch.tensor([18.35, 31.2]), atol=1e-4)
+
+
+def test_a_header_width_that_fits_neither_size_is_an_error(tmp_path):
+    path = tmp_path / "layout.weights"
+    _layout_file(path, 1001, 2, True, seen_bits=32)
+    path.write_bytes(path.read_bytes() + b"\0" * 2)  # 158 bytes: neither 16 + 140 nor 20 + 140
+    with pytest.raises(WeightsError, match=r"^\S+: the file ends inside layer 2 \[connected\] \(layout\.cfg:17\): "
+                                           r"layout\.cfg needs 160 bytes, the file has 158$"):
+        load_weights(build(parse_text(LAYOUT, "layout.cfg")), path)
 
 
 def test_short_long_and_broken_files(tmp_path):

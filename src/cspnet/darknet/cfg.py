@@ -184,9 +184,12 @@ _WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
 
 
 def parse_text(text: str, path: str = "<cfg>") -> Cfg:
-    """Parse cfg text; ``path`` is only used in messages."""
+    """Parse cfg text; ``path`` is only used in messages. A leading UTF-8 byte-order mark (Windows
+    editors write one) is dropped, as it would otherwise make ``[net]`` an unknown section."""
     sections: list[Section] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    lines = text.removeprefix("\ufeff").split("\n")
+    last = max(1, len(lines) - (lines[-1] == ""))  # the file's last line, for errors about its end
+    for lineno, line in enumerate(lines, start=1):
         line = line.translate(_WHITESPACE)
         if not line or line[0] in "#;":
             continue
@@ -215,7 +218,7 @@ def parse_text(text: str, path: str = "<cfg>") -> Cfg:
             )
         sec.options.setdefault(key, (value, lineno))
     if not sections:
-        raise CfgError(f"{path}: no sections; a darknet cfg starts with [net]")
+        raise CfgError(f"{path}:{last}: no sections up to the end of the file; a darknet cfg starts with [net]")
     if sections[0].kind != "net":
         raise CfgError(f"{path}:{sections[0].line}: the first section must be [net], not [{sections[0].name}]")
     for i, sec in enumerate(sections[1:]):
@@ -223,7 +226,7 @@ def parse_text(text: str, path: str = "<cfg>") -> Cfg:
             raise CfgError(f"{path}:{sec.line}: a second [net] section (layer {i})")
         sec.index = i
     if len(sections) == 1:
-        raise CfgError(f"{path}: [net] but no layers")
+        raise CfgError(f"{path}:{last}: [net] (line {sections[0].line}) but no layers up to the end of the file")
     return Cfg(path, sections[0], sections[1:])
 
 

@@ -23,3 +23,5 @@ def read_bytes(path, what: str, error: type[ValueError]) -> bytes:
         raise error(f"{p}: no such {what} file") from None
     except IsADirectoryError:
         raise error(f"{p}: is a directory, not a {what} file") from None
+    except OSError as e:  # no permission, an I/O error, ...: still one line naming the file
+        raise error(f"{p}: cannot read the {what} file: {e.strerror or type(e).__name__}") from None

@@ -1,7 +1,8 @@
 """darknet .weights files: read into / write from a :class:`DarknetNet`.
 
 Layout (darknet's ``load_weights_upto``): int32 major, minor, revision; ``seen`` as int64 when
-major * 10 + minor >= 2, else int32; then, layer by layer in cfg order, float32 little-endian:
+major * 10 + minor >= 2, else int32 (AlexeyAB's rule; see :func:`read_header` for pjreddie's); then,
+layer by layer in cfg order, float32 little-endian:
 
 - ``[convolutional]`` with batch_normalize: BN shift (beta), scale (gamma), rolling mean, rolling
   variance, then the conv weights (out, in/groups, k, k); without: bias, then weights. A layer
@@ -45,15 +46,25 @@ def _layers_upto(net: DarknetNet, cutoff: int | None):
 
 
 def header_size(major: int, minor: int) -> int:
+    """Bytes before the first weight by AlexeyAB's rule: a 64-bit ``seen`` from version 0.2 on."""
     return 12 + (8 if major * 10 + minor >= 2 else 4)
 
 
-def read_header(data: bytes, path) -> tuple[int, int, int, int, int]:
-    """(major, minor, revision, seen, offset of the first weight)."""
+def read_header(data: bytes, path, floats: int | None = None) -> tuple[int, int, int, int, int]:
+    """(major, minor, revision, seen, offset of the first weight).
+
+    The width of ``seen`` follows :func:`header_size`, except that when the file holds exactly
+    ``floats`` weights after a header of the other width and not after this one, the other width
+    is taken: pjreddie's darknet also needs major and minor below 1000 for a 64-bit ``seen`` (its
+    transposed files have a 32-bit one) where AlexeyAB's reads 64 bits, so the version alone does
+    not tell which width a file has; its size does."""
     if len(data) < 12:
         raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header")
     major, minor, revision = struct.unpack("<3i", data[:12])
     offset = header_size(major, minor)
+    other = 36 - offset  # 20 <-> 16
+    if floats is not None and len(data) != offset + 4 * floats and len(data) == other + 4 * floats:
+        offset = other
     if len(data) < offset:
         raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header "
                            f"(version {major}.{minor} needs {offset})")
@@ -74,7 +85,7 @@ def load_weights(module: DarknetNet, path, cutoff: int | None = None) -> tuple[i
     layers = _layers_upto(net, cutoff)
     p = Path(path)
     data = read_bytes(p, "weights", WeightsError)
-    major, minor, revision, seen, offset = read_header(data, p)
+    major, minor, revision, seen, offset = read_header(data, p, _count(layers))
     transpose = major > 1000 or minor > 1000
     have = (len(data) - offset) // 4
     plan, need = [], 0
