@@ -202,7 +202,8 @@ def report(args, recipe: Recipe, tp: list[dict] | None, fm: list[dict] | None, l
             "## (a) Training throughput",
             "",
             f"One optimizer step of the cspnet engine (`Trainer.train_step`: forward, label-smoothed "
-            f"cross-entropy, backward, SGD with momentum, schedule) on a fixed batch of {args.batch} random "
+            f"cross-entropy, backward, gradient-norm check, SGD with momentum, schedule) on a fixed batch of "
+            f"{args.batch} random "
             f"{args.size}x{args.size} RGB images, 1000 classes, fp32"
             f"{', channels-last' if args.channels_last else ''}; the same step code for every model. The "
             f"models were timed round by round in shuffled order ({args.rounds} rounds after 2 warm-up "

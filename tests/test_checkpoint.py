@@ -1,5 +1,6 @@
 """Checkpoints: self-describing .safetensors, weights-only .pt, and one-line errors."""
 
+import os
 import pickle
 
 import pytest
@@ -160,3 +161,13 @@ def test_a_fresh_process_loads_a_checkpoint_without_a_name(saved):
     code = f"import cspnet; m = cspnet.create_model(checkpoint={str(path)!r}); print(m.model_name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == NAME
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    target = tmp_path / "metrics.json"
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(target, b"{}")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600

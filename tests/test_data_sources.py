@@ -123,21 +123,22 @@ def test_bad_folders_name_the_problem(tmp_path, case, message):
     assert "\n" not in str(err.value)
 
 
-def _cifar_dir(root: Path, n: int = 6) -> Path:
+def _cifar_dir(root: Path, n: int = 6, protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:
     root.mkdir()
     rng = np.random.default_rng(0)
     names = [f"c{i}".encode() for i in range(10)]
     with open(root / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": names}, f)
+        pickle.dump({b"label_names": names}, f, protocol=protocol)
     for name in ("data_batch_1", "data_batch_2", "test_batch"):
         data = rng.integers(0, 255, (n, 3072), dtype=np.uint8)
         with open(root / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": list(range(n))}, f)
+            pickle.dump({b"data": data, b"labels": list(range(n))}, f, protocol=protocol)
     return root
 
 
-def test_cifar_batches(tmp_path):
-    root = _cifar_dir(tmp_path / "cifar-10-batches-py")
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])  # 2: bytes as _codecs.encode(str, "latin1")
+def test_cifar_batches(tmp_path, protocol):
+    root = _cifar_dir(tmp_path / "cifar-10-batches-py", protocol=protocol)
     src = load_source(str(root))
     assert (len(src.train), len(src.val)) == (12, 6) and src.classes[:2] == ["c0", "c1"]
     with open(root / "test_batch", "rb") as f:
@@ -157,6 +158,23 @@ def test_cifar_batches_never_run_code(tmp_path):
     with open(root / "test_batch", "wb") as f:
         pickle.dump({b"data": Evil(), b"labels": []}, f)
     with pytest.raises(ValueError, match="refusing to load builtins.print"):
+        load_source(str(root))
+
+
+def test_cifar_protocol_2_allows_only_latin1_bytes(tmp_path):
+    """Protocol 2 spells bytes as ``_codecs.encode(text, "latin1")``; another codec is no bytes literal."""
+    import codecs
+
+    root = _cifar_dir(tmp_path / "c", protocol=2)
+
+    class Inflate:
+        def __reduce__(self):
+            return (codecs.encode, (b"x" * 64, "zlib_codec"))
+
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": Inflate(), b"labels": []}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR python batch \(refusing to call _codecs.encode "
+                                         r"with 'zlib_codec'\)"):
         load_source(str(root))
 
 

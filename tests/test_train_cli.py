@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,10 +50,12 @@ def digits_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pets_run(tmp_path_factory):
-    """A 3-channel model on a colour ImageFolder with a truncated training image."""
+    """A 3-channel model on a colour ImageFolder with a truncated training image and an empty
+    validation image."""
     root = make_image_folder(tmp_path_factory.mktemp("pets") / "pets", per_class=6, modes=("RGB", "P"))
     bad = root / "train" / "dog" / "2.png"
     bad.write_bytes(bad.read_bytes()[:50])
+    (root / "val" / "cat" / "1.png").write_bytes(b"")
     run = root.parent / "run"
     n = torch.get_num_threads()
     rc, out, err = _main(["train", *TINY, "--data", root, "--epochs", "1", "--batch-size", "4",
@@ -88,11 +91,28 @@ def test_val_reproduces_the_training_figures(digits_run, tmp_path):
     assert out.strip().splitlines()[-1].startswith(f"val top-1 {checked['top1']:.2f}%  top-5")
 
 
-def test_corrupt_training_image_is_skipped_and_counted(pets_run):
-    _, run, out = pets_run
-    assert "warning: skipped" in out and "2.png" in out
+def test_corrupt_images_are_skipped_warned_and_counted(pets_run):
+    root, run, out = pets_run
+    warnings = [line for line in out.splitlines() if line.startswith("warning: skipped")]
+    assert warnings == [f"warning: skipped {root / 'train' / 'dog' / '2.png'}: not a readable image "
+                        "(image file is truncated); replace or delete the file",
+                        f"warning: skipped {root / 'val' / 'cat' / '1.png'}: not a readable image "
+                        f"(cannot identify image file '{root / 'val' / 'cat' / '1.png'}'); replace or delete the file"]
     rows = list(csv.DictReader((run / "results.csv").open()))
-    assert int(rows[0]["skipped"]) >= 1
+    assert int(rows[0]["skipped"]) >= 1 and rows[0]["val_skipped"] == "1" and rows[0]["val_images"] == "5"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_skipped_images"] == 1 and metrics["skipped_steps"] == 0
+
+
+def test_val_names_the_unreadable_images(pets_run, tmp_path):
+    root, run, _ = pets_run
+    rc, out, err = _main(["val", "--checkpoint", run, "--data", root, "--out", tmp_path, "--threads", "1"])
+    assert rc == 0
+    bad = root / "val" / "cat" / "1.png"
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"warning: skipped {bad}: not a readable image (cannot identify image file '{bad}'); replace or delete the file"
+    ]
+    assert out.startswith("5 images of ") and json.loads((tmp_path / "metrics.json").read_text())["skipped_images"] == 1
 
 
 def test_predict_any_image_mode_with_class_names(pets_run, tmp_path):
@@ -105,6 +125,14 @@ def test_predict_any_image_mode_with_class_names(pets_run, tmp_path):
     assert lines[0] == str(images[0]) and len(lines) == 3 * 3  # two classes: top-2 per image
     probs = [float(line.split()[-1].rstrip("%")) for line in lines[1:3]]
     assert {line.split()[1] for line in lines[1:3]} == {"cat", "dog"} and sum(probs) == pytest.approx(100, abs=0.02)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub").mkdir()
+    write_image(tmp_path / "sub" / "deeper.png")
+    rc, by_dir, err = _main(["predict", "--checkpoint", run, tmp_path, "--threads", "1"])  # a directory: its images
+    assert rc == 0, err
+    names = [line for line in by_dir.splitlines() if not line.startswith(" ")]
+    assert names == [str(tmp_path / n) for n in ("grey.png", "pal.png", "rgba.png")]
+    assert by_dir.splitlines()[1:3] == lines[1:3]
 
 
 def test_fine_tune_keeps_the_checkpoints_channels(digits_run, pets_run, tmp_path):
@@ -137,10 +165,29 @@ def test_baseline_through_set_option(tmp_path):
     assert rc == 0 and out.splitlines()[-1].startswith("val top-1"), err
 
 
+def test_resume_finishes_a_run_killed_before_its_final_files(digits_run, tmp_path):
+    """Killed after the last epoch's last.state.pt but before metrics.json and results.png."""
+    run, out = digits_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "metrics.json").unlink()
+    (copy / "results.png").unlink()
+    state = (copy / "last.state.pt").read_bytes()
+    rc, again, err = _main(["train", "--resume", "--out", copy, "--threads", "1", "--quiet"])
+    assert rc == 0, err
+    assert "finishing (all 2 epochs done" in again and "epoch 1/2" not in again  # nothing retrained
+    assert again.strip().splitlines()[-1] == out.strip().splitlines()[-1].replace(str(run), str(copy))
+    metrics, original = (json.loads((d / "metrics.json").read_text()) for d in (copy, run))
+    for key in ("top1", "top5", "loss", "epoch", "best_top1", "best_epoch", "wall_s", "images_per_s"):
+        assert metrics[key] == original[key], key
+    assert (copy / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (copy / "last.state.pt").read_bytes() == state
+
+
 def test_resume_of_a_finished_run_and_reused_out(digits_run):
     run, _ = digits_run
-    rc, _, err = _main(["train", "--resume", "--out", run, "--quiet"])
-    assert rc == 2 and "already completed its 2 epochs" in err
+    rc, out, err = _main(["train", "--resume", "--out", run, "--threads", "1", "--quiet"])
+    assert rc == 0 and out.strip().splitlines()[-1].startswith("val top-1"), err
     rc, _, err = _main(["train", *TINY, "--out", run])
     assert rc == 2 and "already holds a run; add --resume" in err
     rc, _, err = _main(["train", "--resume", "--out", run, "--model", "cspresnet_tiny"])
@@ -163,6 +210,8 @@ def _bad_inputs(tmp: Path, run: Path, pets: Path):
         "fp16 on cpu": (["train", "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
         "corrupt image": (["predict", "--checkpoint", run, broken], "broken.png: not a readable image"),
         "missing image": (["predict", "--checkpoint", run, tmp / "gone.jpg"], "gone.jpg: no such image file"),
+        "directory without images": (["predict", "--checkpoint", run, pets],
+                                     f"{pets}: a directory with no image files (.bmp, "),
         "other model's checkpoint": (["val", "--checkpoint", run, "--model", "cspresnet_tiny"],
                                      "holds weights of model 'resnet_tiny', not 'cspresnet_tiny'"),
         "other model's weights to start from": (["train", "--model", "cspresnet_tiny", "--checkpoint", run],

@@ -1,6 +1,6 @@
 """DistributedDataParallel on the CPU (gloo), launched the way users launch it: torchrun.
 
-Run as a script (``python -m torch.distributed.run --nproc_per_node=2 tests/test_train_ddp.py OUT``)
+Run as a script (``python -m torch.distributed.run --nproc_per_node=2 tests/test_train_ddp.py OUT DEVICE``)
 this file is the worker: every rank trains a few steps and writes its weights.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -31,8 +32,16 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_ranks_keep_identical_weights(tmp_path):
-    _run([*TORCHRUN, str(Path(__file__).resolve()), str(tmp_path)], tmp_path)
+@pytest.fixture(scope="module")
+def cpu_ranks(tmp_path_factory):
+    """One torchrun launch (they take seconds) for the tests that read the ranks' weights."""
+    out = tmp_path_factory.mktemp("ddp")
+    _run([*TORCHRUN, str(Path(__file__).resolve()), str(out), "cpu"], out)
+    return out
+
+
+def test_ranks_keep_identical_weights(cpu_ranks):
+    tmp_path = cpu_ranks
     from cspnet.tools.checkpoint import load_state_dict_file
 
     ranks = [load_state_dict_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
@@ -62,7 +71,74 @@ def test_torchrun_cli(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("best")) == ["best.json", "best.safetensors"]
 
 
-def _worker(out: Path) -> None:
+def _plain_net() -> nn.Module:
+    """No BatchNorm: with per-rank statistics (torch has no CPU SyncBatchNorm) nothing else differs
+    between one process and N."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def _same_batches(dist, sync_bn: bool) -> dict:
+    """A short run without random augmentation: its final weights depend only on the global batches."""
+    from torch.utils.data import Subset
+
+    from cspnet import create_model
+    from cspnet.data import build_classify_data, collate
+    from cspnet.engine import ClassificationTask, TrainConfig, Trainer
+    from cspnet.engine.runtime import seed_everything
+
+    data = build_classify_data("builtin", img_size=16, crop=False)  # the digits are never flipped
+    seed_everything(0)
+    model = create_model("resnet_tiny", num_classes=10, in_chans=1) if sync_bn else _plain_net()
+    cfg = TrainConfig(epochs=2, batch_size=32, progress=False, clip_grad=5.0, sync_bn=sync_bn,
+                      deterministic=dist.device.type == "cuda")  # no autotuned cuDNN algorithms
+    trainer = Trainer(model, ClassificationTask(10, 0.1), Subset(data.train, range(128)),
+                      Subset(data.val, range(40)), collate, cfg, dist, log=lambda msg: None)
+    trainer.fit()
+    return {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+
+
+def _assert_same_weights(one: dict, ranks: dict) -> None:
+    assert one.keys() == ranks.keys()
+    for key, v in one.items():
+        torch.testing.assert_close(ranks[key], v, rtol=0, atol=1e-5, msg=key)
+    assert max((one[k].float() - ranks[k].float()).abs().max().item() for k in one) > 0  # two real runs
+
+
+def test_two_ranks_train_like_one_process(cpu_ranks):
+    """DistributedSampler's split gives rank r the r-th of every 2 indices of one shuffle, which the
+    single process draws too: 2 x 16 images per step are the same 32 as the single process's."""
+    from cspnet.engine import DistInfo
+    from cspnet.tools.checkpoint import load_state_dict_file
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = _same_batches(DistInfo(), sync_bn=False)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same_weights(one, load_state_dict_file(cpu_ranks / "same0.safetensors"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA (torch has no CPU kernels)")
+def test_sync_bn_ranks_train_like_one_process(tmp_path):
+    """With --sync-bn, BatchNorm models too: 2 ranks (gloo, sharing GPU 0) equal one process."""
+    from cspnet.engine import DistInfo
+    from cspnet.engine.runtime import set_deterministic
+    from cspnet.tools.checkpoint import load_state_dict_file
+
+    _run([*TORCHRUN, str(Path(__file__).resolve()), str(tmp_path), "cuda"], tmp_path)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        one = _same_batches(DistInfo(device=torch.device("cuda", 0)), sync_bn=True)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+        set_deterministic(False)
+    _assert_same_weights(one, load_state_dict_file(tmp_path / "same0.safetensors"))
+
+
+def _worker(out: Path, device: str) -> None:
     from torch.utils.data import Subset
 
     from cspnet import create_model
@@ -71,7 +147,15 @@ def _worker(out: Path) -> None:
     from cspnet.engine.runtime import seed_everything
     from cspnet.tools.checkpoint import save_state_dict
 
+    if device == "cuda":  # both ranks on GPU 0, which nccl refuses and gloo allows
+        torch.backends.cudnn.allow_tf32 = False
+        torch.distributed.init_process_group("gloo")
+        dist = init_distributed("cuda:0")
+        save_state_dict(_same_batches(dist, sync_bn=True), out / f"same{dist.rank}.safetensors")
+        shutdown(dist)
+        return
     dist = init_distributed("cpu")
+    save_state_dict(_same_batches(dist, sync_bn=False), out / f"same{dist.rank}.safetensors")
     seed_everything(100 + dist.rank)  # different initial weights per rank
     model = create_model("resnet_tiny", num_classes=10, in_chans=1)
     save_state_dict(model.state_dict(), out / f"init{dist.rank}.safetensors")
@@ -89,6 +173,6 @@ def _worker(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    _worker(Path(sys.argv[1]), sys.argv[2])
 elif not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from .args import non_negative_float, non_negative_int, positive_float, positive
 DEFAULT_MODEL = "cspresnext_tiny"
 DEFAULT_EPOCHS = 15
 RUNS = Path("runs")
+MAX_NAMED = 5  # unreadable files named one by one before the rest are only counted
 
 
 def _model_option(text: str) -> tuple[str, object]:
@@ -75,6 +75,9 @@ def add_parser(sub) -> None:
     p.add_argument("--clip-grad", type=non_negative_float, default=0.0, help="max gradient norm (0: off)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on CUDA: BatchNorm statistics over the global batch, so N processes "
+                        "train like one (torch has no CPU SyncBatchNorm)")
     p.add_argument("--set", dest="model_args", type=_model_option, action="append", default=[],
                    metavar="KEY=VALUE", help="model config override, e.g. --set fusion=none (the baseline)")
     p.add_argument("--checkpoint", default=None, help="start from these weights (.safetensors or run dir)")
@@ -97,7 +100,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("predict", help="top-5 classes of image files")
     p.add_argument("--checkpoint", required=True, help="a .safetensors file or a run directory (its best)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories (their images, sorted)")
     p.add_argument("--model", default=None, help="model name, for weights without cspnet metadata")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="only for weights without cspnet metadata (default 224)")
@@ -195,7 +198,7 @@ def _resume_args(args):
     if not run_dir.is_dir():
         raise ValueError(f"--resume: {run_dir} is not a run directory")
     state = load_state(run_dir / STATE_FILE)
-    saved = dict(state["args"])
+    saved = {**vars(args), **state["args"]}  # options newer than the run keep this command's values
     if args.model is not None and args.model != saved["model"]:
         raise ValueError(
             f"--resume: {run_dir} trains model {saved['model']!r}, not {args.model!r}; "
@@ -228,7 +231,7 @@ def _train_config(args):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         ema=args.ema, ema_decay=args.ema_decay, amp=args.amp, channels_last=args.channels_last,
-        clip_grad=args.clip_grad, seed=args.seed, deterministic=args.deterministic,
+        clip_grad=args.clip_grad, seed=args.seed, deterministic=args.deterministic, sync_bn=args.sync_bn,
         workers=args.workers, progress=not args.quiet,
     )
 
@@ -296,14 +299,15 @@ def _train(args, dist, where: dict) -> int:
     if dist.is_main:
         pre = data.preprocess
         what = f"resuming at epoch {trainer.epoch + 1}" if state else "training"
+        if trainer.epoch >= trainer.cfg.epochs:
+            what = f"finishing (all {trainer.epoch} epochs done; writing metrics.json and results.png)"
         print(f"{what}: {args.model} ({params / 1e6:.3f} M params, {pre['in_chans']}x{pre['img_size']}x"
               f"{pre['img_size']}) on {args.data}: {len(data.train)} train / {len(data.val)} val images, "
               f"{len(data.classes)} classes; {dist.world_size} process(es) on {dist.device}; run dir {run_dir}",
               flush=True)
-    start = time.perf_counter()
     final = trainer.fit(saved_args)
     if dist.is_main:
-        print(f"{trainer.epoch} epochs in {time.perf_counter() - start:.0f} s; best top-1 "
+        print(f"{trainer.epoch} epochs in {final['wall_s']:.0f} s; best top-1 "
               f"{final['best_top1']:.2f}% at epoch {final['best_epoch']} ({run_dir / 'best.safetensors'})")
         print(f"val top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}%  (epoch {final['epoch']}, "
               f"{run_dir / 'last.safetensors'})", flush=True)
@@ -352,8 +356,12 @@ def run_val(args) -> int:
                   "images": metrics["images"], "skipped_images": metrics["skipped"],
                   "checkpoint": str(path), "data": spec}
         atomic_write_json(out / "metrics.json", result)
-        if metrics["skipped"]:
-            print(f"warning: skipped {metrics['skipped']} unreadable image(s)", file=sys.stderr)
+        names = metrics["skipped_files"]
+        for name in names[:MAX_NAMED]:
+            print(f"warning: skipped {name}", file=sys.stderr)
+        if len(names) > MAX_NAMED:
+            print(f"warning: skipped {len(names) - MAX_NAMED} more unreadable image(s), {len(names)} in all",
+                  file=sys.stderr)
         print(f"{metrics['images']} images of {spec}, {metrics['images_per_s']:.0f} img/s; metrics in {out}")
         print(f"val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}",
               flush=True)
@@ -366,16 +374,17 @@ def run_val(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..data import build_transform, open_image
+    from ..data import build_transform, image_paths, open_image
     from ..engine.distributed import resolve_device
 
     _set_threads(args.threads)
     device = resolve_device(args.device)
+    files = image_paths(args.images)
     model, meta, path = _load_model_for_eval(args)
     pre = _preprocess_for(model, meta, args.img_size)
     classes = _class_names(meta, model)
     transform = build_transform(pre, train=False)
-    images = [transform(open_image(p)).as_subclass(torch.Tensor) for p in args.images]  # all readable first
+    images = [transform(open_image(p)).as_subclass(torch.Tensor) for p in files]  # all readable first
     model = model.to(device).eval()
     fast = _fast_model(model, torch.stack(images[: args.batch_size]).to(device), args.compile)
     k = min(args.top, len(classes))
@@ -386,7 +395,7 @@ def run_predict(args) -> int:
             probs = fast(batch).float().softmax(dim=1)
         top = probs.topk(k, dim=1)
         for i in range(batch.shape[0]):
-            print(args.images[start + i])
+            print(files[start + i])
             for rank, (p, c) in enumerate(zip(top.values[i].tolist(), top.indices[i].tolist(), strict=True), 1):
                 print(f"  {rank}. {classes[c]:<{width}}  {100 * p:6.2f}%")
     return 0

@@ -1,5 +1,6 @@
-"""Reading image files, with a one-line error naming the file when one cannot be decoded, and
-converting any PIL mode (grey, palette, RGBA, 16-bit) to the channels a model takes."""
+"""Reading image files (or the images of a directory), with a one-line error naming the file when
+one cannot be decoded, and converting any PIL mode (grey, palette, RGBA, 16-bit) to the channels a
+model takes."""
 
 from __future__ import annotations
 
@@ -29,6 +30,25 @@ def open_image(path: str | Path) -> Image.Image:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UnreadableImage(f"{path}: not a readable image ({reason}); replace or delete the file") from None
     return img
+
+
+def image_paths(items: list[str]) -> list[str]:
+    """Files as given, and each directory's image files (not its subfolders), sorted by name; a
+    directory without images is an error rather than nothing to do."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    paths = []
+    for item in items:
+        path = Path(item)
+        if not path.is_dir():
+            paths.append(str(item))  # open_image names a missing or unreadable file
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        if not found:
+            raise UnreadableImage(f"{path}: a directory with no image files ({', '.join(sorted(IMG_EXTENSIONS))}); "
+                                  "pass image files or a directory that holds some")
+        paths += [str(p) for p in found]
+    return paths
 
 
 def to_channels(img: Image.Image, in_chans: int) -> Image.Image:

@@ -201,8 +201,17 @@ def _survey(samples: list[tuple[str, int]], n: int = 48) -> tuple[bool, int]:
 # --- CIFAR python batches ---------------------------------------------------------------------
 
 
+def _latin1_bytes(text, encoding):
+    """``_codecs.encode`` as pickle protocols 0-2 use it: Python 3 writes ``bytes`` (dict keys, array
+    data) as ``encode(str, "latin1")``. Only that codec is allowed; others (zlib, rot13, ...) are
+    not bytes literals."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing to call _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
 class _ArraysOnly(pickle.Unpickler):
-    """CIFAR's batches are pickles: allow dicts, lists, strings and numpy arrays, nothing callable."""
+    """CIFAR's batches are pickles: allow dicts, lists, strings, bytes and numpy arrays, nothing callable."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -211,6 +220,8 @@ class _ArraysOnly(pickle.Unpickler):
     }
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module.startswith("numpy.core"):

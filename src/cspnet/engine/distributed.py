@@ -91,6 +91,15 @@ def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
             buf.div_(info.world_size)
 
 
+def all_gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj, info: DistInfo):
     """Rank 0's value of ``obj`` on every rank (a raised error on rank 0 reaches all ranks too)."""
     if not info.enabled:

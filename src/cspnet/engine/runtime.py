@@ -1,4 +1,4 @@
-"""Seeds, mixed precision and RNG snapshots.
+"""Seeds, mixed precision (and a guard for a bf16 CPU kernel bug) and RNG snapshots.
 
 Randomness is re-seeded from ``(seed, epoch, rank)`` at the start of every epoch (model dropout,
 main-process augmentation, the sampler's shuffle and the loader workers' seeds), so epoch ``k``
@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import torch
+from torch import nn
 
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")
 
@@ -55,6 +56,47 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+class Fp32NarrowConvs:
+    """Forward hooks that run a conv in fp32 under CPU bf16 autocast when its stride exceeds its
+    input's height or width (e.g. a 3x3 stride-2 conv on a 1x1 map, which ``resnet_tiny`` at 16 px
+    has in its last stage).
+
+    Why: for those shapes the oneDNN bf16 weight-gradient kernel of torch 2.14 on the CPU returns
+    garbage (1e17 to inf, varying from call to call; the forward and the input gradient are right),
+    which overflows the gradient norm and turns a clipped step into NaN. Such convs see a pixel or
+    two, so fp32 costs nothing. Evaluation (no gradients), CUDA and fp16 are left alone.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.active = False
+        self.handles = []
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                self.handles += [m.register_forward_pre_hook(self.before), m.register_forward_hook(self.after)]
+
+    @staticmethod
+    def affected(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and any(s > n for s, n in zip(conv.stride, x.shape[-2:], strict=True)))
+
+    def before(self, conv: nn.Conv2d, args: tuple):
+        if not self.affected(conv, args[0]):
+            return None
+        torch.set_autocast_enabled("cpu", False)  # the enclosing torch.autocast restores it on exit too
+        self.active = True
+        return (args[0].float(), *args[1:])
+
+    def after(self, conv: nn.Conv2d, args: tuple, out: torch.Tensor) -> None:
+        if self.active:
+            torch.set_autocast_enabled("cpu", True)
+            self.active = False
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):

@@ -1,14 +1,16 @@
 """The training loop shared by every task: epochs of optimizer steps, evaluation, checkpoints, logs.
 
 One process or a DDP group (see :mod:`.distributed`); ``batch_size`` is always the global batch,
-split evenly over the ranks, so a run gives the same result for any number of processes up to
-BatchNorm statistics (computed per rank). Rank 0 alone prints, logs and writes files.
+split evenly over the ranks, and every world size draws the same global batches, so a run gives the
+same result for any number of processes up to BatchNorm statistics (computed per rank unless
+``sync_bn``) and random augmentation (seeded per rank). Rank 0 alone prints, logs and writes files.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,15 +18,17 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from .checkpoints import STATE_FILE, atomic_write_json, save_state, save_weights
-from .distributed import DistInfo, all_reduce_sum, average_buffers, barrier
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, average_buffers, barrier
 from .ema import ModelEMA
 from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, build_scheduler, default_lr
 from .runlog import TensorBoard, plot_curves, write_csv
 from .runtime import (
+    Fp32NarrowConvs,
     autocast,
     epoch_seed,
     make_grad_scaler,
@@ -37,6 +41,9 @@ from .runtime import (
 from .tasks import Task
 
 MAX_SKIP_WARNINGS = 10
+# a step whose gradient norm is not finite is skipped; this many in a row end the run (fp16's
+# GradScaler skips a few while it finds its scale, so the limit is not 1)
+MAX_CONSECUTIVE_BAD_STEPS = 20
 
 
 @dataclass
@@ -58,6 +65,7 @@ class TrainConfig:
     clip_grad: float = 0.0
     seed: int = 0
     deterministic: bool = False
+    sync_bn: bool = False
     workers: int = 0
     progress: bool = True
 
@@ -89,7 +97,8 @@ def to_device(inputs: torch.Tensor, device: torch.device, channels_last: bool) -
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, task: Task, dist: DistInfo, amp_dtype=None,
              channels_last: bool = False, progress: bool = False) -> dict:
-    """Task metrics over the whole split (all ranks' shards), throughput and unreadable files."""
+    """Task metrics over the whole split (all ranks' shards), throughput, and the unreadable files:
+    their number (``skipped``) and their messages (``skipped_files``, every rank's)."""
     device = dist.device
     was_training = model.training
     model.eval()
@@ -111,7 +120,8 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Task, dist: DistInfo, a
     metrics = task.eval_finish(state, dist)
     total = float(all_reduce_sum(n, dist).item())
     metrics["images_per_s"] = total / max(elapsed, 1e-9)
-    metrics["skipped"] = int(all_reduce_sum(torch.tensor([len(skipped)], device=device), dist).item())
+    metrics["skipped_files"] = [name for names in all_gather_objects(skipped, dist) for name in names]
+    metrics["skipped"] = len(metrics["skipped_files"])
     model.train(was_training)
     return metrics
 
@@ -142,18 +152,26 @@ class Trainer:
         if cfg.batch_size % world:
             raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
         per_rank = cfg.batch_size // world
+        if cfg.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ValueError(
+                    "--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernels; "
+                    "drop it (each process then normalises over its share of the batch)"
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        bf16_cpu = self.amp_dtype is torch.bfloat16 and self.device.type == "cpu"
+        self.narrow_convs = Fp32NarrowConvs(model) if bf16_cpu else None
         self.net = (DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.dist.enabled else model)
 
-        self.generator = torch.Generator()
-        if self.dist.enabled:
-            self.sampler = DistributedSampler(train_set, world, self.dist.rank, shuffle=True, seed=cfg.seed)
-        else:
-            self.sampler = RandomSampler(train_set, generator=self.generator)
+        self.generator = torch.Generator()  # the loader workers' seeds
+        # one process too: rank r of N takes every N-th index of one shuffle, so step k's global
+        # batch is the same index set for every N (exact 1-vs-N equality needs sync_bn)
+        self.sampler = DistributedSampler(train_set, world, self.dist.rank, shuffle=True, seed=cfg.seed)
         self.train_loader = DataLoader(
             train_set, batch_size=per_rank, sampler=self.sampler, num_workers=cfg.workers,
             collate_fn=collate_fn, drop_last=True, generator=self.generator,
@@ -177,6 +195,9 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"value": -math.inf, "epoch": 0}
         self._warned: set[str] = set()
+        self.skipped_steps = 0  # in the current epoch
+        self._bad_in_a_row = 0
+        self._warned_bad_step = False
         if self.run_dir is not None and self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tensorboard = TensorBoard(self.run_dir if self.dist.is_main else None)
@@ -224,8 +245,7 @@ class Trainer:
         seed = epoch_seed(self.cfg.seed, epoch, self.dist.rank)
         seed_everything(seed)
         self.generator.manual_seed(seed + 1)
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
 
     def _note_skipped(self, names: Sequence[str]) -> None:
         for name in names:
@@ -235,7 +255,8 @@ class Trainer:
             if len(self._warned) <= MAX_SKIP_WARNINGS:
                 self.log(f"warning: skipped {name}")
             elif len(self._warned) == MAX_SKIP_WARNINGS + 1:
-                self.log("warning: more unreadable images skipped; see the 'skipped' column of results.csv")
+                self.log("warning: more unreadable images skipped; see the 'skipped' and 'val_skipped' "
+                         "columns of results.csv")
 
     def train_one_epoch(self, epoch: int) -> dict:
         cfg, device = self.cfg, self.device
@@ -243,6 +264,7 @@ class Trainer:
         self.net.train()
         loss_sum = torch.zeros(1, dtype=torch.float64)
         seen, skipped = 0, 0
+        self.skipped_steps = 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, disable=not (cfg.progress and self.dist.is_main))
         start = time.perf_counter()
@@ -268,40 +290,80 @@ class Trainer:
             "lr": self.lr,
             "train_images_per_s": totals[1] / max(elapsed, 1e-9),
             "skipped": int(totals[2]),
+            "skipped_steps": self.skipped_steps,  # every rank skips the same steps (same gradients)
         }
 
     def train_step(self, inputs: torch.Tensor, targets) -> torch.Tensor:
         """One optimizer step on a batch already on the device (forward under autocast, backward,
-        clipping, step, schedule, EMA); returns the detached loss."""
+        clipping, step, schedule, EMA); returns the detached loss.
+
+        A step whose gradient norm is not finite is not applied (as fp16's GradScaler does) and is
+        counted in ``skipped_steps``; a non-finite loss, or too many such steps in a row, is an error.
+        """
         with autocast(self.device, self.amp_dtype):
             loss = self.task.loss(self.net, inputs, targets)
         if not torch.isfinite(loss):
-            step = self.scheduler.last_epoch - self.epoch * self.steps_per_epoch + 1
-            raise ValueError(
-                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {step}; "
-                "lower --lr or set --clip-grad"
-            )
+            raise ValueError(f"the loss became {loss.item()} at {self._where()}; {self._advice()}")
         self.optimizer.zero_grad(set_to_none=True)
-        self._backward_step(loss)
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if self._backward_step(loss) is None:
+            self._bad_step(loss)
+            with warnings.catch_warnings():  # torch's warning when the first step is the skipped one
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.scheduler.step()
+        else:
+            self._bad_in_a_row = 0
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         return loss.detach()
 
-    def _backward_step(self, loss: torch.Tensor) -> None:
-        params = self.model.parameters
+    def _backward_step(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Backward, clip and step; the gradient norm, or None (no update) when it is not finite."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = get_total_norm([p.grad for p in params])
+        finite = bool(torch.isfinite(norm))
+        if finite:
             if self.cfg.clip_grad > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(params(), self.cfg.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return
-        loss.backward()
+                clip_grads_with_norm_(params, self.cfg.clip_grad, norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()  # lowers the scale after an overflow
+        return norm if finite else None
+
+    def _bad_step(self, loss: torch.Tensor) -> None:
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= MAX_CONSECUTIVE_BAD_STEPS:
+            raise ValueError(f"the gradient norm was not finite for {self._bad_in_a_row} steps in a row "
+                             f"(up to {self._where()}); {self._advice()}")
+        if not self._warned_bad_step:
+            self._warned_bad_step = True
+            self.log(f"warning: the gradient norm was not finite at {self._where()} (loss {loss.item():.4g}); "
+                     "skipped that step (no update); further ones are counted in the 'skipped_steps' column "
+                     "of results.csv")
+
+    def _where(self) -> str:
+        step = self.scheduler.last_epoch - self.epoch * self.steps_per_epoch + 1
+        return f"epoch {self.epoch + 1}, step {step}"
+
+    def _advice(self) -> str:
+        tips = ["lower --lr"]
+        if self.cfg.clip_grad <= 0:
+            tips.append("set --clip-grad")
+        if self.amp_dtype is not None:
+            tips.append("train without --amp")
+        advice = tips[0] if len(tips) == 1 else ", ".join(tips[:-1]) + " or " + tips[-1]
         if self.cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(params(), self.cfg.clip_grad)
-        self.optimizer.step()
+            advice += f" (gradients are already clipped at --clip-grad {self.cfg.clip_grad:g})"
+        return advice
 
     @property
     def lr(self) -> float:
@@ -314,17 +376,22 @@ class Trainer:
     def fit(self, args: dict | None = None, callbacks: Sequence[Callable[[Trainer, dict], None]] = ()) -> dict:
         """Train the remaining epochs; returns the final metrics (also written to metrics.json).
 
-        ``callbacks`` run after each epoch's checkpoint, as ``cb(trainer, row)``.
+        A run whose epochs are all done (killed before its final files) only gets metrics.json and
+        results.png, from the recorded history. ``callbacks`` run after each epoch's checkpoint, as
+        ``cb(trainer, row)``.
         """
-        if self.epoch >= self.cfg.epochs:
+        if not self.history and self.epoch >= self.cfg.epochs:
             raise ValueError(f"nothing to train: the run already completed its {self.cfg.epochs} epochs")
-        start = time.perf_counter()
         main = self.task.main_metric
         for epoch in range(self.epoch, self.cfg.epochs):
+            start = time.perf_counter()
             train = self.train_one_epoch(epoch)
             metrics = self.evaluate()
+            self._note_skipped(metrics["skipped_files"])
             self.epoch = epoch + 1
-            row = {"epoch": self.epoch, **train, **{f"val_{k}": v for k, v in metrics.items() if k != "skipped"}}
+            row = {"epoch": self.epoch, **train,
+                   **{f"val_{k}": v for k, v in metrics.items() if k != "skipped_files"},
+                   "epoch_s": time.perf_counter() - start}
             self.history.append(row)
             improved = metrics[main] > self.best["value"]
             if improved:
@@ -348,9 +415,10 @@ class Trainer:
             f"best_{main}": self.best["value"],
             "best_epoch": self.best["epoch"],
             "skipped_images": sum(r.get("skipped", 0) for r in self.history),
-            "val_skipped_images": metrics["skipped"],
+            "val_skipped_images": final.pop("skipped", 0),
+            "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.history),
             "world_size": self.dist.world_size,
-            "wall_s": time.perf_counter() - start,
+            "wall_s": sum(r.get("epoch_s", 0.0) for r in self.history),  # training + evaluation, all sessions
         })
         if self.dist.is_main and self.run_dir is not None:
             plot_curves(self.run_dir / "results.png", self.history, self.task.plot_panels, self.title)

@@ -23,6 +23,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write, fsync, rename: an interruption leaves the old file or the new one, never half of one."""
     path = Path(path)
@@ -31,6 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise CheckpointError(f"{path}: directory {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's private 0600 is not what a user expects of a result
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
