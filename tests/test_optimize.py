@@ -1,13 +1,15 @@
 """optimize_for_inference: exact (within 1e-4 of eager), never changes the model, reports what it did."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import cspnet
 from cspnet.layers import ConvBnAct
-from cspnet.tools.fuse import count_batchnorms
-from cspnet.tools.optimize import bf16_supported, max_difference, optimize_for_inference
+from cspnet.tools.fuse import count_batchnorms, fuse
+from cspnet.tools.optimize import bf16_supported, make_candidate, max_difference, optimize_for_inference
 from test_fuse import randomize_bn
 
 
@@ -81,3 +83,25 @@ def test_bad_arguments_are_one_line_errors(model):
         optimize_for_inference(model, x, candidates=["tensorrt"])
     with pytest.raises(ValueError, match="example_input must be a tensor"):
         optimize_for_inference(model, [x])
+
+
+
+def test_onednn_graph_candidate_is_exact_fused_and_leaves_the_global_switch_alone(model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    assert not torch._C._jit_llga_enabled()
+    fast = optimize_for_inference(model, x, candidates=["onednn_graph"], rounds=2, warmup=1)
+    assert not torch._C._jit_llga_enabled()  # the fusion switch is restored
+    r = fast.report.candidates["onednn_graph"]
+    assert r.error is None and r.exact and r.latency is not None
+    assert fast.chosen in ("eager", "onednn_graph")
+
+    traced, any_shape = make_candidate("onednn_graph", fuse(copy.deepcopy(model)), x)
+    assert not any_shape  # a trace is used for the example's shape only
+    with torch.no_grad():
+        assert (traced(x) - expected).abs().max().item() <= 1e-4
+        graph = str(torch.jit.last_executed_optimized_graph())
+        assert graph.count("oneDNNFusionGroup") >= 10  # the convs run fused, not in the fallback
+        x2 = torch.randn(2, 3, 32, 32)  # another shape: the folded eager model, still exact
+        assert (fast(x2) - model(x2)).abs().max().item() <= 1e-4

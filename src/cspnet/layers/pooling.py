@@ -33,9 +33,11 @@ class AvgPool2x2(nn.Module):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        if eager_inference() and not h % 2 and not w % 2:
+        odd = bool(h % 2 or w % 2)
+        if eager_inference() and not odd:
             return (x[..., ::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, ::2] + x[..., 1::2, 1::2]) * 0.25
-        return F.avg_pool2d(x, 2, 2, ceil_mode=self.ceil_mode)
+        # ceil_mode only matters on odd sizes; without it oneDNN Graph fuses the pool with its neighbours
+        return F.avg_pool2d(x, 2, 2, ceil_mode=self.ceil_mode and odd)
 
     def extra_repr(self):
         return f"ceil_mode={self.ceil_mode}"

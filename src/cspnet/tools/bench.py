@@ -9,6 +9,7 @@ Engines:
     ``torch``        our default path, :func:`cspnet.optimize_for_inference` (its choice is noted)
     ``eager``        the plain model in eval mode, no rewrites
     ``compile``      BatchNorm folded + ``torch.compile`` with inductor freezing
+    ``onednn_graph`` BatchNorm folded + a TorchScript trace fused by oneDNN Graph (CPU)
     ``onnxruntime``  the exported ONNX graph in ONNX Runtime (CPU execution provider)
     ``opencv``       the same graph in OpenCV DNN, as the paper's CPU table ran its models
 """
@@ -31,7 +32,8 @@ from .optimize import make_candidate, max_difference, optimize_for_inference
 from .profile import count_macs, count_params
 from .timing import Timing, interleaved, synchronizer
 
-ENGINES = ("torch", "eager", "compile", "onnxruntime", "opencv")
+ENGINES = ("torch", "eager", "compile", "onednn_graph", "onnxruntime", "opencv")
+CANDIDATE_ENGINES = ("compile", "onednn_graph")  # one form of optimize_for_inference, forced
 ONNX_ENGINES = ("onnxruntime", "opencv")
 MATMUL = "matmul"
 PAUSE_S = 0.01  # between timed calls: lets the last engine's spinning worker threads go idle
@@ -137,10 +139,10 @@ def _engine_callable(engine: str, unit: _Unit, x: torch.Tensor, workdir: Path, t
         note = f"chose {r.chosen}"
         if "compile" in r.candidates and r.candidates["compile"].error is None:
             note += f" (compile {r.candidates['compile'].setup_s:.0f} s)"
-    elif engine == "compile":
+    elif engine in CANDIDATE_ENGINES:
         from .fuse import fuse
 
-        compiled, _ = make_candidate("compile", fuse(copy.deepcopy(unit.module)), x)
+        compiled, _ = make_candidate(engine, fuse(copy.deepcopy(unit.module)), x)
         fn = partial(compiled, x)
     elif engine == "onnxruntime":
         import onnxruntime as ort
@@ -171,7 +173,7 @@ def _engine_callable(engine: str, unit: _Unit, x: torch.Tensor, workdir: Path, t
 def _check_engine(engine: str, device: torch.device) -> None:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    if engine in ONNX_ENGINES and device.type != "cpu":
+    if (engine in ONNX_ENGINES or engine == "onednn_graph") and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu")
     module = {"onnxruntime": "onnxruntime", "opencv": "cv2"}.get(engine)
     if module:

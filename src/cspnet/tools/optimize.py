@@ -1,7 +1,8 @@
 """The fastest exact way to run a model for inference on this machine.
 
 :func:`optimize_for_inference` builds a few candidate forms of a model (BatchNorm folded eager,
-channels-last, ``torch.compile`` with inductor freezing, and bf16 forms when asked for), checks each
+channels-last, ``torch.compile`` with inductor freezing, a oneDNN Graph fused TorchScript trace on
+CPU, and bf16 forms when asked for), checks each
 against the plain eager model on the example input, times the exact ones interleaved, and returns
 the fastest wrapped in an :class:`OptimizedModel` that carries the report (latencies, differences,
 one-time costs). Which form wins depends on the CPU, the model and the input size, which is why it
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,9 +23,10 @@ from torch import nn
 from .fuse import fuse
 from .timing import Timing, interleaved, synchronizer
 
-FP32_CANDIDATES = ("eager", "channels_last", "compile")
+FP32_CANDIDATES = ("eager", "channels_last", "compile", "onednn_graph")
 BF16_CANDIDATES = ("bf16", "compile_bf16")
 CANDIDATES = FP32_CANDIDATES + BF16_CANDIDATES
+SLOW_CANDIDATES = ("compile", "onednn_graph", "compile_bf16")  # seconds to minutes of one-time cost
 
 
 @dataclass
@@ -167,13 +170,45 @@ def bf16_supported(device: torch.device) -> bool:
 
 def _compile(module: nn.Module, example: torch.Tensor):
     """``torch.compile`` with inductor freezing (weights become constants, BN/conv/activation
-    patterns fuse into oneDNN kernels); compiled on the spot so the cost is measured here."""
+    patterns fuse into oneDNN kernels) and, on CPU, the C++ wrapper (the graph's kernels are called
+    from C++, not Python: on small models that per-kernel overhead is 10-20% of the latency);
+    compiled on the spot so the cost is measured here."""
     import torch._inductor.config as inductor_config
 
     compiled = torch.compile(module, dynamic=False)
-    with torch.no_grad(), inductor_config.patch(freezing=True):
+    with torch.no_grad(), inductor_config.patch(freezing=True, cpp_wrapper=example.device.type == "cpu"):
         compiled(example)
     return compiled
+
+
+ONEDNN_GRAPH_WARMUP = 3  # TorchScript's profiling executor specialises and fuses after two runs
+
+
+def _onednn_graph(module: nn.Module, example: torch.Tensor):
+    """A frozen TorchScript trace whose conv/activation/add/pool/concat ops oneDNN Graph compiles
+    into partitions that pass tensors to each other in oneDNN's preferred layout (channels-last
+    here), as ONNX Runtime does with NCHWc, instead of reordering around every conv. CPU fp32 only.
+
+    The fusion switch is global in torch; it is on only while the trace is specialised here (the
+    fused plan stays with the module) and restored after. A trace is exact for the example's shape
+    only, which is all :class:`OptimizedModel` uses it for."""
+    if example.device.type != "cpu":
+        raise ValueError("oneDNN Graph fusion runs on the CPU only")
+    was_on = torch._C._jit_llga_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape-dependent Python branches are baked into the trace; that is what is wanted here
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # TorchScript is deprecated in favour of torch.compile/export, which have no oneDNN Graph
+            # path on the CPU; when torch removes it, this candidate fails and is reported as such
+            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+            traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False, strict=False))
+            for _ in range(ONEDNN_GRAPH_WARMUP):
+                traced(example)
+    finally:
+        torch.jit.enable_onednn_fusion(was_on)
+    return traced
 
 
 def make_candidate(name: str, fused: nn.Module, example: torch.Tensor) -> tuple[Callable, bool]:
@@ -185,6 +220,8 @@ def make_candidate(name: str, fused: nn.Module, example: torch.Tensor) -> tuple[
         return _ChannelsLast(copy.deepcopy(fused)), True
     if name == "compile":
         return _compile(copy.deepcopy(fused), example), False
+    if name == "onednn_graph":
+        return _onednn_graph(copy.deepcopy(fused), example), False
     if name == "bf16":
         return _ChannelsLast(copy.deepcopy(fused), torch.bfloat16), True
     if name == "compile_bf16":
@@ -209,8 +246,10 @@ def optimize_for_inference(
 
     ``model`` itself is not changed (a copy is folded and compiled). Candidates, in order:
     ``eager`` (BatchNorm folded), ``channels_last``, ``compile`` (torch.compile + inductor
-    freezing; skipped with ``compile=False``, its compile seconds are in the report; compiled C++
-    kernels are cached by torch on disk, so later runs compile faster). ``bf16=True`` adds the opt-in
+    freezing; its compile seconds are in the report; compiled C++ kernels are cached by torch on
+    disk, so later runs compile faster), ``onednn_graph`` (CPU: a TorchScript trace fused by
+    oneDNN Graph); ``compile=False`` skips the last two, the ones with a one-time cost of seconds
+    to minutes. ``bf16=True`` adds the opt-in
     ``bf16`` and ``compile_bf16`` forms where the device computes bf16 natively; they are judged
     against their own, looser tolerance (5e-2) and their measured difference is reported, since
     bf16 is never exact. Failing candidates (no C++ compiler for inductor, say) are skipped and
@@ -230,14 +269,16 @@ def optimize_for_inference(
         raise ValueError(f"example_input must be a tensor, got {type(example_input).__name__}")
     if tol <= 0:
         raise ValueError(f"tol={tol} must be > 0")
+    device = example_input.device
     if candidates is None:
-        candidates = [c for c in FP32_CANDIDATES if compile or c != "compile"]
+        candidates = [c for c in FP32_CANDIDATES if compile or c not in SLOW_CANDIDATES]
+        if device.type != "cpu":
+            candidates = [c for c in candidates if c != "onednn_graph"]
         if bf16:
-            candidates += [c for c in BF16_CANDIDATES if compile or c != "compile_bf16"]
+            candidates += [c for c in BF16_CANDIDATES if compile or c not in SLOW_CANDIDATES]
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown:
         raise ValueError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(CANDIDATES)}")
-    device = example_input.device
     if any(c in BF16_CANDIDATES for c in candidates) and not bf16_supported(device):
         candidates = [c for c in candidates if c not in BF16_CANDIDATES]
 
