@@ -45,6 +45,46 @@ def ratio_table(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def alone_table(models: list[str], img_size: int | None, rounds: int, blocks: int = 3) -> str:
+    """Each engine timed in blocks of its own (ONNX Runtime with its default spinning threads, which an
+    interleaved run cannot allow), the blocks alternating so that drifting load hits both alike."""
+    import time
+
+    import onnxruntime as ort
+    import torch
+
+    from cspnet.tools.export import prepare_for_export, to_onnx_bytes
+    from cspnet.tools.modelspec import default_img_size, load_model
+    from cspnet.tools.optimize import optimize_for_inference
+    from cspnet.tools.timing import Timing
+
+    lines = ["| model | size | torch (ms) | ONNX Runtime, spinning (ms) | torch / ORT | torch chose |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name in models:
+        model = load_model(name)
+        size = img_size or default_img_size(model)
+        x = torch.randn(1, 3, size, size)
+        fast = optimize_for_inference(model, x)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(to_onnx_bytes(prepare_for_export(model), x), opts,
+                                    providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        fns = {"torch": lambda fast=fast, x=x: fast(x), "ort": lambda sess=sess, feed=feed: sess.run(None, feed)}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(blocks):
+            for key, fn in fns.items():
+                for i in range(3 + rounds):
+                    start = time.perf_counter()
+                    fn()
+                    if i >= 3:
+                        times[key].append(time.perf_counter() - start)
+                time.sleep(0.5)  # let the spinning threads go idle before the other engine's block
+        t, o = (Timing.of(times[k]).median * 1e3 for k in ("torch", "ort"))
+        lines.append(f"| {name} | {size} | {t:.2f} | {o:.2f} | {t / o:.2f} | {fast.chosen} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny models, 3 rounds, print only")
@@ -63,9 +103,13 @@ def main() -> None:
         f"After: {after}.",
         "",
         "Batch 1, fp32. `torch` is our default path (`cspnet.optimize_for_inference`: the fastest exact "
-        "form among BN-folded eager, channels-last and torch.compile with inductor freezing; the note says "
-        "which won and its one-time compile cost). `eager` is the model as built; `compile` is BN folding "
-        "+ torch.compile with freezing; ONNX Runtime and OpenCV DNN run the file `cspnet export` writes.",
+        "form among BN-folded eager, channels-last, torch.compile with inductor freezing and a oneDNN Graph "
+        "fused TorchScript trace; the note says which won and its one-time compile cost). `eager` is the "
+        "model as built; `compile` is BN folding + torch.compile with freezing (C++ wrapper); `onednn_graph` "
+        "is BN folding + the fused trace; ONNX Runtime and OpenCV DNN run the file `cspnet export` writes. "
+        "In this interleaved run ONNX Runtime's threads do not spin between calls (they would steal the "
+        "cores from the next engine); the last table times our default path and ONNX Runtime with its "
+        "default spinning threads each on its own.",
         "",
         "## Latency",
         "",
@@ -78,6 +122,9 @@ def main() -> None:
         "which shows as a low share of the peak in every engine.",
         "",
         ratio_table(result),
+        "## Our default path and ONNX Runtime each on its own",
+        "",
+        alone_table(models, size, rounds),
     ])
     print(text)
     if not args.quick:
