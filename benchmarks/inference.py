@@ -45,9 +45,12 @@ def ratio_table(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def alone_table(models: list[str], img_size: int | None, rounds: int, blocks: int = 3) -> str:
-    """Each engine timed in blocks of its own (ONNX Runtime with its default spinning threads, which an
-    interleaved run cannot allow), the blocks alternating so that drifting load hits both alike."""
+SPIN_ENV = {"GOMP_SPINCOUNT": "10000000"}  # OpenMP threads spin ~10 ms before sleeping, as ORT's spin by default
+
+
+def alone_rows(models: list[str], img_size: int | None, rounds: int, blocks: int = 3) -> list[dict]:
+    """Our default path and ONNX Runtime (with its default spinning threads, which an interleaved run
+    cannot allow) each timed in blocks of its own, alternating so that drifting load hits both alike."""
     import time
 
     import onnxruntime as ort
@@ -58,8 +61,7 @@ def alone_table(models: list[str], img_size: int | None, rounds: int, blocks: in
     from cspnet.tools.optimize import optimize_for_inference
     from cspnet.tools.timing import Timing
 
-    lines = ["| model | size | torch (ms) | ONNX Runtime, spinning (ms) | torch / ORT | torch chose |",
-             "|---|---:|---:|---:|---:|---|"]
+    rows = []
     for name in models:
         model = load_model(name)
         size = img_size or default_img_size(model)
@@ -80,8 +82,29 @@ def alone_table(models: list[str], img_size: int | None, rounds: int, blocks: in
                     if i >= 3:
                         times[key].append(time.perf_counter() - start)
                 time.sleep(0.5)  # let the spinning threads go idle before the other engine's block
-        t, o = (Timing.of(times[k]).median * 1e3 for k in ("torch", "ort"))
-        lines.append(f"| {name} | {size} | {t:.2f} | {o:.2f} | {t / o:.2f} | {fast.chosen} |")
+        rows.append({"model": name, "size": size, "chosen": fast.chosen,
+                     **{k: Timing.of(v).median * 1e3 for k, v in times.items()}})
+    return rows
+
+
+def alone_table(models: list[str], img_size: int | None, rounds: int) -> str:
+    """alone_rows in a fresh process with torch's default OpenMP settings, and in one whose OpenMP
+    threads spin between ops like ONNX Runtime's (libgomp reads that setting only at start-up)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    lines = ["| model | size | OpenMP threads | torch (ms) | ONNX Runtime, spinning (ms) | torch / ORT | torch chose |",
+             "|---|---:|---|---:|---:|---:|---|"]
+    for label, env in (("default", {}), (" ".join(f"{k}={v}" for k, v in SPIN_ENV.items()), SPIN_ENV)):
+        cmd = [sys.executable, __file__, "--alone", "--rounds", str(rounds), *models]
+        if img_size:
+            cmd += ["--img-size", str(img_size)]
+        out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+        for r in json.loads(out.strip().splitlines()[-1]):
+            lines.append(f"| {r['model']} | {r['size']} | {label} | {r['torch']:.2f} | {r['ort']:.2f} | "
+                         f"{r['torch'] / r['ort']:.2f} | {r['chosen']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,7 +113,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny models, 3 rounds, print only")
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--output", type=Path, default=Path(__file__).with_name("inference.md"))
+    p.add_argument("--alone", nargs="+", metavar="MODEL", help=argparse.SUPPRESS)  # alone_table's child
+    p.add_argument("--img-size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.alone:
+        import json
+
+        print(json.dumps(alone_rows(args.alone, args.img_size, args.rounds)))
+        return
     models, rounds, size = (QUICK_MODELS, 3, 64) if args.quick else (MODELS, args.rounds, None)
     before = machine_info()
     result = run_bench(models, ENGINES, img_size=size, batch_size=1, rounds=rounds, memory=False)
@@ -123,6 +153,12 @@ def main() -> None:
         "",
         ratio_table(result),
         "## Our default path and ONNX Runtime each on its own",
+        "",
+        "Each engine timed in blocks of its own, the blocks alternating, each setting in a fresh process. ONNX "
+        "Runtime's pool threads spin between calls by default; torch's OpenMP (libgomp) threads spin "
+        "briefly and then sleep, and waking them costs time on every parallel op. libgomp reads how long "
+        f"to spin only at start-up, so the second setting ({' '.join(f'{k}={v}' for k, v in SPIN_ENV.items())}) "
+        "is an environment variable for a dedicated inference process, not something cspnet sets.",
         "",
         alone_table(models, size, rounds),
     ])

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cspnet import PRESETS, ConcatStack, CrossStagePartial, cspify
-from cspnet.layers import AvgPool2x2, ConvBnAct, DarknetMaxPool
+from cspnet.layers import ConvBnAct
 
 
 class Scale(nn.Module):
@@ -211,32 +211,3 @@ def test_conv_unit_padding_and_bias_follow_darknet():
     # the leaky slope is darknet's 0.1: the corner sees 2x2 taps of -1 over 4 channels
     assert unit(x)[0, 0, 0, 0].item() == pytest.approx(-1.6)
 
-
-@pytest.mark.parametrize("pool", [AvgPool2x2(), DarknetMaxPool(2, 2)], ids=["avg", "max"])
-def test_pooling_the_parts_before_the_concat_is_the_same_function(pool):
-    """pool_position='before_transition' pools each part and concatenates the quarter-size results;
-    outputs and gradients equal pooling the concatenation (odd sizes too)."""
-    torch.manual_seed(0)
-    stage = CrossStagePartial(16, 24, conv_blocks, split="slice", fusion="full", pool=pool,
-                              pool_position="before_transition")
-    assert stage._pool_parts
-    x = torch.randn(2, 16, 15, 17, requires_grad=True)
-    out = stage(x)
-    out.square().sum().backward()
-    grads = [x.grad.clone()] + [p.grad.clone() for p in stage.parameters()]
-    x.grad = None
-    stage.zero_grad()
-    stage._pool_parts = False  # the literal Fig. 3 order: concat, pool, transition
-    ref = stage(x)
-    ref.square().sum().backward()
-    assert torch.allclose(out, ref, atol=1e-6)
-    ref_grads = [x.grad] + [p.grad for p in stage.parameters()]
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads, strict=True))
-
-
-def test_a_pool_that_mixes_channels_is_applied_to_the_concatenation():
-    mixing = nn.Conv2d(16, 16, 2, 2)  # a learned down-sampling: not channel by channel
-    stage = CrossStagePartial(16, 24, conv_blocks, split="slice", pool=mixing,
-                              pool_position="before_transition")
-    assert not stage._pool_parts
-    assert stage(torch.randn(1, 16, 8, 8)).shape == (1, 24, 4, 4)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .layers import AvgPool2x2, BnActConv, ConvBnAct, DarknetMaxPool, check_act
+from .layers import BnActConv, ConvBnAct, check_act
 
 FUSIONS = ("none", "first", "last", "full")
 SPLITS = ("slice", "conv", "two_conv")
@@ -24,8 +24,6 @@ POOL_POSITIONS = ("end", "before_transition")
 TRANSITIONS = ("auto", "always", "never")
 
 BlockFactory = Callable[..., nn.Module]
-# pools that work channel by channel: pool(concat(a, b)) == concat(pool(a), pool(b))
-CHANNELWISE_POOLS = (AvgPool2x2, DarknetMaxPool, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd)
 
 
 def _choice(value, allowed, arg):
@@ -198,7 +196,6 @@ class CrossStagePartial(nn.Module):
         else:
             self.transition = unit(concat_chs, out_chs, 1, act=act)
         self.pool = pool if pool is not None else nn.Identity()
-        self._pool_parts = self.pool_position == "before_transition" and isinstance(self.pool, CHANNELWISE_POOLS)
 
     def _init_single_path(self, base_chs, out_chs, make_blocks, block_chs, unit, act, transition, pool):
         self.bypass_chs = 0
@@ -215,18 +212,10 @@ class CrossStagePartial(nn.Module):
         x = self.down(x)
         if self.fusion == "none":
             x = self.blocks(x)
-            if self.pool_position == "before_transition":
-                return self.transition(self.pool(x))
-            return self.pool(self.transition(x))
-        bypass, part = self._split(x)
-        part = self.partial_transition(self.blocks(part))
-        parts = [bypass, part] if self.concat_order == "bypass_first" else [part, bypass]
-        if self._pool_parts:
-            # a pool works channel by channel, so pooling each part and concatenating the results is
-            # pool(concat(parts)) with a quarter of the copying and no strided copy of a sliced bypass
-            # (csppeleenet: -27% latency in every engine)
-            return self.transition(torch.cat([self.pool(p) for p in parts], dim=1))
-        x = torch.cat(parts, dim=1)
+        else:
+            bypass, part = self._split(x)
+            part = self.partial_transition(self.blocks(part))
+            x = torch.cat([bypass, part] if self.concat_order == "bypass_first" else [part, bypass], dim=1)
         if self.pool_position == "before_transition":
             return self.transition(self.pool(x))
         return self.pool(self.transition(x))

@@ -108,7 +108,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true",
-                   help="let the inference optimizer try torch.compile (pays off for many images)")
+                   help="let the inference optimizer also try torch.compile and oneDNN Graph (a one-time "
+                        "cost of seconds to minutes; pays off for many images)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op CPU threads (default: torch's)")
     p.set_defaults(func=run_predict)
 
