@@ -98,7 +98,7 @@ def alone_table(models: list[str], img_size: int | None, rounds: int) -> str:
     lines = ["| model | size | OpenMP threads | torch (ms) | ONNX Runtime, spinning (ms) | torch / ORT | torch chose |",
              "|---|---:|---|---:|---:|---:|---|"]
     for label, env in (("default", {}), (" ".join(f"{k}={v}" for k, v in SPIN_ENV.items()), SPIN_ENV)):
-        cmd = [sys.executable, __file__, "--alone", "--rounds", str(rounds), *models]
+        cmd = [sys.executable, __file__, "--rounds", str(rounds), "--alone", *models]
         if img_size:
             cmd += ["--img-size", str(img_size)]
         out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
