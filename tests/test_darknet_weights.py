@@ -126,9 +126,8 @@ def _layout_file(path, major=0, minor=2, transposed=False, seen=1234, seen_bits=
     "major, minor, transposed, seen_bits",
     [(0, 2, False, None), (0, 1, False, None), (1, 0, False, None), (1001, 2, True, None),
      # pjreddie's darknet reads a 32-bit seen for a major >= 1000; AlexeyAB's rule says 64: the size decides
-     (1001, 2, True, 32),
-     (0, 1, False, 64)],
-    ids=["seen64", "seen32", "v1.0-seen64", "transposed-fc", "pjreddie-transposed-seen32", "v0.1-seen64"],
+     (1001, 2, True, 32)],
+    ids=["seen64", "seen32", "v1.0-seen64", "transposed-fc", "pjreddie-transposed-seen32"],
 )
 def test_darknet_layout_and_headers(tmp_path, major, minor, transposed, seen_bits):
     path = tmp_path / "layout.weights"
@@ -149,6 +148,19 @@ def test_darknet_layout_and_headers(tmp_path, major, minor, transposed, seen_bit
     y = net.eval().run(torch.tensor([[[[1.0]], [[3.0]]]]), [1, 2])
     assert torch.allclose(y[1].flatten(), torch.tensor([-0.65, 1.8, 2.8]), atol=1e-6)
     assert torch.allclose(y[2].flatten(), torch.tensor([18.35, 31.2]), atol=1e-4)
+
+
+@pytest.mark.parametrize("major, minor, seen_bits, needs, has", [(0, 1, 64, 156, 160), (0, 2, 32, 160, 156)],
+                         ids=["v0.1-4-bytes-long", "v0.2-4-bytes-short"])
+def test_only_transposed_versions_take_their_header_width_from_the_size(tmp_path, major, minor, seen_bits,
+                                                                        needs, has):
+    """Both forks agree on these versions' seen width: a file of the other width is 4 bytes off and
+    must not load with every weight shifted by one float."""
+    path = tmp_path / "layout.weights"
+    _layout_file(path, major, minor, seen_bits=seen_bits)
+    assert path.stat().st_size == has
+    with pytest.raises(WeightsError, match=rf"layout\.cfg needs {needs} bytes|4 bytes more than layout\.cfg"):
+        load_weights(build(parse_text(LAYOUT, "layout.cfg")), path)
 
 
 def test_a_header_width_that_fits_neither_size_is_an_error(tmp_path):

@@ -53,17 +53,19 @@ def header_size(major: int, minor: int) -> int:
 def read_header(data: bytes, path, floats: int | None = None) -> tuple[int, int, int, int, int]:
     """(major, minor, revision, seen, offset of the first weight).
 
-    The width of ``seen`` follows :func:`header_size`, except that when the file holds exactly
-    ``floats`` weights after a header of the other width and not after this one, the other width
-    is taken: pjreddie's darknet also needs major and minor below 1000 for a 64-bit ``seen`` (its
-    transposed files have a 32-bit one) where AlexeyAB's reads 64 bits, so the version alone does
-    not tell which width a file has; its size does."""
+    The width of ``seen`` follows :func:`header_size`. The forks disagree only where major or
+    minor is 1000 or more (transposed files): pjreddie's darknet reads a 32-bit ``seen`` there,
+    AlexeyAB's a 64-bit one. For those versions alone, a file that holds exactly ``floats``
+    weights after the other width is read with it; for every other version the width is fixed, so
+    a file 4 bytes short or long stays an error rather than loading with shifted weights."""
     if len(data) < 12:
         raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header")
     major, minor, revision = struct.unpack("<3i", data[:12])
     offset = header_size(major, minor)
     other = 36 - offset  # 20 <-> 16
-    if floats is not None and len(data) != offset + 4 * floats and len(data) == other + 4 * floats:
+    forks_disagree = major >= 1000 or minor >= 1000
+    if (forks_disagree and floats is not None and len(data) != offset + 4 * floats
+            and len(data) == other + 4 * floats):
         offset = other
     if len(data) < offset:
         raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header "
