@@ -109,7 +109,7 @@ def primitive_table(pairs, size: int | None, batches=(1, 16), runs: int = 10) ->
                 total = sum(p["ms"].values())
                 kinds = [p["ms"].get(k, 0.0) for k in KINDS]
                 cells = [name, str(b), f"{p['wall']:.2f}", f"{total:.2f}", f"{p['wall'] - total:.2f}",
-                         f"{p['calls']:.0f}"] + [f"{v:.2f}" for v in kinds] + [f"{total - sum(kinds):.2f}"]
+                         f"{p['calls']:.0f}"] + [f"{v:.2f}" for v in kinds] + [f"{max(0.0, total - sum(kinds)):.2f}"]
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -154,8 +154,11 @@ def main() -> None:
         "see benchmarks/inference.md), "
         "one forward pass averaged over several, with ONEDNN_VERBOSE in a separate process: oneDNN's own "
         "time by primitive kind, its number of calls, and the wall time outside oneDNN (TorchScript's "
-        "interpreter, the channel slices of the CSP splits, which oneDNN Graph has no op for, and waking "
-        "the OpenMP threads). Verbose logging itself adds a little to every call.",
+        "interpreter, its checks of each partition's inputs, and waking the OpenMP threads). oneDNN Graph "
+        "has no slice op, so the conv before each sliced CSP split (CSPPeleeNet, CSPDenseNet) runs as two "
+        "convs, one per part (`cspnet.tools.fuse.presplit_slices`); before that, each slice ended a "
+        "partition and cost a reorder out of oneDNN's blocked layout and one back in. Verbose logging "
+        "itself adds a little to every call.",
         "",
         primitives,
         "## Training memory against timm's DenseNet",

@@ -102,3 +102,33 @@ def test_merged_two_conv_splits_are_exact(name):
         got = model(x)
     assert not any(hasattr(m, "split_bypass") for m in model.modules())
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_presplit_slices_feeds_sliced_stages_two_convs_and_is_exact():
+    """The conv before each split='slice' stage is cut in two; the trace then has no slice."""
+    from cspnet.tools.fuse import SplitConv, presplit_slices
+
+    torch.manual_seed(0)
+    model = randomize_bn(cspnet.create_model("csppeleenet_tiny", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        fuse(model)
+        assert "aten::slice" in str(torch.jit.trace(model, x).inlined_graph)
+        assert presplit_slices(model) == 3  # the stem feeds CSP stage 1, stage 1 feeds 2, 2 feeds 3
+        assert isinstance(model.stem.fuse, SplitConv) and isinstance(model.stages[1].transition, SplitConv)
+        assert not isinstance(model.stages[2].transition, SplitConv)  # stage 4 is plain: no slice
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+        assert "aten::slice" not in str(torch.jit.trace(model, x).inlined_graph)
+
+
+def test_presplit_slices_leaves_other_producers_alone():
+    from cspnet.tools.fuse import presplit_slices
+
+    for name in ("cspdarknet_tiny", "peleenet_tiny"):  # split by conv / no split at all
+        model = fuse(cspnet.create_model(name, num_classes=10))
+        assert presplit_slices(model) == 0
+    # an unfolded unit (BN still there) is not cut: its output channels are not one conv's
+    assert presplit_slices(cspnet.create_model("csppeleenet_tiny", num_classes=10).eval()) == 0
+    # a features_only model is no Classifier chain: its stage outputs are read from outside
+    assert presplit_slices(fuse(cspnet.create_model("csppeleenet_tiny", features_only=True))) == 0

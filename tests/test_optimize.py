@@ -105,3 +105,16 @@ def test_onednn_graph_candidate_is_exact_fused_and_leaves_the_global_switch_alon
         assert graph.count("oneDNNFusionGroup") >= 10  # the convs run fused, not in the fallback
         x2 = torch.randn(2, 3, 32, 32)  # another shape: the folded eager model, still exact
         assert (fast(x2) - model(x2)).abs().max().item() <= 1e-4
+
+
+def test_onednn_graph_candidate_of_a_sliced_csp_model_has_no_slice_and_is_exact():
+    torch.manual_seed(0)
+    m = randomize_bn(cspnet.create_model("csppeleenet_tiny", num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = m(x)
+        traced, _ = make_candidate("onednn_graph", fuse(copy.deepcopy(m)), x)
+        assert (traced(x) - expected).abs().max().item() <= 1e-4
+        graph = str(torch.jit.last_executed_optimized_graph())
+    assert "aten::slice" not in graph and graph.count("oneDNNFusionGroup") >= 10
+    assert not any(type(mod).__name__ == "SplitConv" for mod in m.modules())  # the user's model is untouched

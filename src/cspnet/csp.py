@@ -220,7 +220,16 @@ class CrossStagePartial(nn.Module):
             return self.transition(self.pool(x))
         return self.pool(self.transition(x))
 
+    @property
+    def output_unit(self) -> str | None:
+        """The attribute holding the conv whose output is the stage's output, if any (what
+        :func:`cspnet.tools.fuse.presplit_slices` may cut in two for the next stage)."""
+        last_is_transition = self.pool_position == "before_transition" or isinstance(self.pool, nn.Identity)
+        return "transition" if last_is_transition and not isinstance(self.transition, nn.Identity) else None
+
     def _split(self, x):
+        if isinstance(x, tuple):  # already split by the conv that produced it (tools.fuse.presplit_slices)
+            return x
         if self.split_mode == "two_conv":
             return self.split_bypass(x), self.split_blocks(x)
         if self.split_mode == "conv":

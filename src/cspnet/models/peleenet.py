@@ -40,6 +40,8 @@ class StemBlock(nn.Module):
         self.fuse = ConvBnAct(2 * chs, chs, 1, act=act)
         self.out_chs = chs
 
+    output_unit = "fuse"  # its output is the block's (see CrossStagePartial.output_unit)
+
     def forward(self, x):
         x = self.conv1(x)
         return self.fuse(torch.cat([self.pool(x), self.branch_conv2(self.branch_conv1(x))], dim=1))

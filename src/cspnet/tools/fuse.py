@@ -113,6 +113,57 @@ def merge_two_conv_splits(model: nn.Module) -> int:
     return merged
 
 
+class SplitConv(nn.Module):
+    """A folded conv unit computed as two convs over its output channels ``[:c]`` and ``[c:]``,
+    returned as a tuple: the two parts a ``split="slice"`` stage would cut from its output."""
+
+    def __init__(self, unit: ConvBnAct, c: int):
+        super().__init__()
+        conv = unit.conv
+        self.parts = nn.ModuleList()
+        for rows in (slice(0, c), slice(c, conv.out_channels)):
+            part = ConvBnAct(conv.in_channels, rows.stop - rows.start, conv.kernel_size[0], conv.stride[0],
+                             groups=1, bn=False, act=None, padding=conv.padding[0])
+            part.act = unit.act
+            with torch.no_grad():
+                part.conv.weight.copy_(conv.weight[rows])
+                part.conv.bias.copy_(_bias(conv)[rows])
+            self.parts.append(part.to(conv.weight.device, conv.weight.dtype))
+
+    def forward(self, x):
+        return self.parts[0](x), self.parts[1](x)
+
+
+def presplit_slices(model: nn.Module) -> int:
+    """Fused splits the other way round, for stages that slice their input (``split="slice"``:
+    CSPPeleeNet, CSPDenseNet): the conv that produced the input (the previous stage's last
+    transition, or the stem's last conv) is cut by output channels into two convs that hand the
+    stage its two parts, so no channel slice is left between convs. A oneDNN Graph trace has no
+    slice op: every slice ended a fused partition and cost a reorder out of oneDNN's blocked layout
+    and one back in. Exact (each output channel is computed by the same weights). Needs folded
+    BatchNorms (run after :func:`fuse`); only a :class:`~cspnet.models.classifier.Classifier`'s
+    stem -> stage -> stage chain is rewritten, where nothing else reads the producer's output.
+    The rewritten model is for tracing and inference. Returns the stages now fed pre-split input."""
+    from ..csp import CrossStagePartial
+    from ..models.classifier import Classifier
+
+    if not isinstance(model, Classifier):
+        return 0
+    chain = [model.stem, *model.stages]
+    done = 0
+    for prev, stage in zip(chain, chain[1:], strict=False):
+        if not (isinstance(stage, CrossStagePartial) and stage.fusion != "none" and stage.split_mode == "slice"
+                and isinstance(stage.down, nn.Identity)):
+            continue
+        attr = getattr(prev, "output_unit", None)
+        unit = getattr(prev, attr) if attr else None
+        if not (_plain_unit(unit) and unit.conv.groups == 1):
+            continue
+        setattr(prev, attr, SplitConv(unit, stage.bypass_chs))
+        done += 1
+    return done
+
+
 def _plain_unit(unit) -> bool:
     return isinstance(unit, ConvBnAct) and isinstance(unit.bn, nn.Identity)
 

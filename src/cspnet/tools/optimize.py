@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .fuse import fuse
+from .fuse import fuse, presplit_slices
 from .timing import Timing, interleaved, synchronizer
 
 FP32_CANDIDATES = ("eager", "channels_last", "compile", "onednn_graph")
@@ -221,7 +221,9 @@ def make_candidate(name: str, fused: nn.Module, example: torch.Tensor) -> tuple[
     if name == "compile":
         return _compile(copy.deepcopy(fused), example), False
     if name == "onednn_graph":
-        return _onednn_graph(copy.deepcopy(fused), example), False
+        traced = copy.deepcopy(fused)
+        presplit_slices(traced)  # oneDNN Graph has no slice op: each slice would cost two reorders
+        return _onednn_graph(traced, example), False
     if name == "bf16":
         return _ChannelsLast(copy.deepcopy(fused), torch.bfloat16), True
     if name == "compile_bf16":
