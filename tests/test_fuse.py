@@ -25,6 +25,12 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def randomized(name: str, seed: int = 0) -> nn.Module:
+    """A tiny 10-class model in eval mode with random weights and BatchNorm statistics."""
+    torch.manual_seed(seed)
+    return randomize_bn(cspnet.create_model(name, num_classes=10), seed).eval()
+
+
 @pytest.mark.parametrize("name", [n for n in FAMILY_TINY if n in cspnet.list_models()])
 def test_fused_model_equals_eager(name):
     torch.manual_seed(0)
@@ -108,9 +114,7 @@ def test_presplit_slices_feeds_sliced_stages_two_convs_and_is_exact():
     """The conv before each split='slice' stage is cut in two; the trace then has no slice."""
     from cspnet.tools.fuse import SplitConv, presplit_slices
 
-    torch.manual_seed(0)
-    model = randomize_bn(cspnet.create_model("csppeleenet_tiny", num_classes=10)).eval()
-    x = torch.randn(2, 3, 64, 64)
+    model, x = randomized("csppeleenet_tiny"), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
         fuse(model)
