@@ -98,15 +98,9 @@ def merge_two_conv_splits(model: nn.Module) -> int:
         if not (_plain_unit(a) and _plain_unit(b) and _same_conv_geometry(a.conv, b.conv)
                 and type(a.act) is type(b.act) and repr(a.act) == repr(b.act)):
             continue
-        unit = ConvBnAct(a.conv.in_channels, a.conv.out_channels + b.conv.out_channels, a.conv.kernel_size[0],
-                         a.conv.stride[0], bn=False, act=None, padding=a.conv.padding[0])
-        unit.act = a.act
-        with torch.no_grad():
-            unit.conv.weight.copy_(torch.cat([a.conv.weight, b.conv.weight]))
-            unit.conv.bias.copy_(torch.cat([_bias(a.conv), _bias(b.conv)]))
-        unit.to(a.conv.weight.device, a.conv.weight.dtype)
+        weight, bias = torch.cat([a.conv.weight, b.conv.weight]), torch.cat([_bias(a.conv), _bias(b.conv)])
         del stage.split_bypass, stage.split_blocks
-        stage.split = unit
+        stage.split = _folded_unit(a.conv, weight, bias, a.act)
         stage.split_mode = "conv"
         stage.bypass_chs = a.conv.out_channels
         merged += 1
@@ -120,15 +114,10 @@ class SplitConv(nn.Module):
     def __init__(self, unit: ConvBnAct, c: int):
         super().__init__()
         conv = unit.conv
-        self.parts = nn.ModuleList()
-        for rows in (slice(0, c), slice(c, conv.out_channels)):
-            part = ConvBnAct(conv.in_channels, rows.stop - rows.start, conv.kernel_size[0], conv.stride[0],
-                             groups=1, bn=False, act=None, padding=conv.padding[0])
-            part.act = unit.act
-            with torch.no_grad():
-                part.conv.weight.copy_(conv.weight[rows])
-                part.conv.bias.copy_(_bias(conv)[rows])
-            self.parts.append(part.to(conv.weight.device, conv.weight.dtype))
+        self.parts = nn.ModuleList(
+            _folded_unit(conv, conv.weight[rows], _bias(conv)[rows], unit.act)
+            for rows in (slice(0, c), slice(c, conv.out_channels))
+        )
 
     def forward(self, x):
         return self.parts[0](x), self.parts[1](x)
@@ -162,6 +151,17 @@ def presplit_slices(model: nn.Module) -> int:
         setattr(prev, attr, SplitConv(unit, stage.bypass_chs))
         done += 1
     return done
+
+
+def _folded_unit(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> ConvBnAct:
+    """A BN-free conv unit with ``like``'s geometry (groups 1) and the given weights and activation."""
+    unit = ConvBnAct(like.in_channels, weight.shape[0], like.kernel_size[0], like.stride[0], bn=False, act=None,
+                     padding=like.padding[0])
+    unit.act = act
+    with torch.no_grad():
+        unit.conv.weight.copy_(weight)
+        unit.conv.bias.copy_(bias)
+    return unit.to(weight.device, weight.dtype)
 
 
 def _plain_unit(unit) -> bool:
