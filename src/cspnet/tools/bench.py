@@ -35,6 +35,7 @@ from .timing import Timing, interleaved, synchronizer
 ENGINES = ("torch", "eager", "compile", "onednn_graph", "onnxruntime", "opencv")
 CANDIDATE_ENGINES = ("compile", "onednn_graph")  # one form of optimize_for_inference, forced
 ONNX_ENGINES = ("onnxruntime", "opencv")
+CPU_ONLY_ENGINES = (*ONNX_ENGINES, "onednn_graph")
 MATMUL = "matmul"
 PAUSE_S = 0.01  # between timed calls: lets the last engine's spinning worker threads go idle
 
@@ -173,7 +174,7 @@ def _engine_callable(engine: str, unit: _Unit, x: torch.Tensor, workdir: Path, t
 def _check_engine(engine: str, device: torch.device) -> None:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    if (engine in ONNX_ENGINES or engine == "onednn_graph") and device.type != "cpu":
+    if engine in CPU_ONLY_ENGINES and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu")
     module = {"onnxruntime": "onnxruntime", "opencv": "cv2"}.get(engine)
     if module:
