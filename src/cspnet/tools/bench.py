@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .heap import retain_freed_memory
 from .optimize import make_candidate, max_difference, optimize_for_inference
 from .profile import count_macs, count_params
 from .timing import Timing, interleaved, synchronizer
@@ -231,6 +232,10 @@ def run_bench(
         _check_engine(e, dev)
     threads = torch.get_num_threads()
     torch.manual_seed(0)
+    notes: list[str] = []
+    if dev.type == "cpu":  # what the default path does, set up front so that every engine runs under it
+        notes.append(f"freed memory: {retain_freed_memory()} in this process, for every engine "
+                     "(glibc malloc, `cspnet.tools.heap`)")
 
     units: list[_Unit] = []
     for spec in models:
@@ -250,7 +255,6 @@ def run_bench(
 
     calls: dict[str, Callable[[], object]] = {}
     meta: dict[str, tuple[_Unit, str, str]] = {}  # call key -> (unit, engine, "b1"|"bN"|"train")
-    notes: list[str] = []
     bar = tqdm(total=len(units) * len(engines), desc="prepare", unit="engine", leave=False, disable=not progress)
     with tempfile.TemporaryDirectory(prefix="cspnet-bench-") as tmp, torch.no_grad():
         workdir = Path(tmp)

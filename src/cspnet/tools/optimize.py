@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .fuse import fuse, presplit_slices
+from .heap import retain_freed_memory
 from .timing import Timing, interleaved, synchronizer
 
 FP32_CANDIDATES = ("eager", "channels_last", "compile", "onednn_graph")
@@ -48,10 +49,12 @@ class OptimizeReport:
     tol: float
     input_shape: tuple[int, ...]
     candidates: dict[str, CandidateResult] = field(default_factory=dict)
+    heap: str = "untouched"  # what retain_freed_memory did: retained, user settings, not glibc, untouched
 
     def summary(self) -> str:
         """A small table: candidate, one-time cost, max difference, median/min latency."""
-        lines = [f"optimize_for_inference: input {tuple(self.input_shape)}, tolerance {self.tol:g}"]
+        lines = [f"optimize_for_inference: input {tuple(self.input_shape)}, tolerance {self.tol:g}, "
+                 f"freed memory: {self.heap}"]
         for r in self.candidates.values():
             mark = "*" if r.name == self.chosen else " "
             diff = "-" if r.max_diff is None else f"{r.max_diff:.1e}"
@@ -242,6 +245,7 @@ def optimize_for_inference(
     rounds: int = 10,
     warmup: int = 2,
     progress: bool = False,
+    retain_memory: bool = True,
 ) -> OptimizedModel:
     """The fastest form of ``model`` for inputs like ``example_input`` that stays within ``tol`` of
     the eager fp32 model (relative to the output scale where that exceeds 1).
@@ -256,6 +260,10 @@ def optimize_for_inference(
     against their own, looser tolerance (5e-2) and their measured difference is reported, since
     bf16 is never exact. Failing candidates (no C++ compiler for inductor, say) are skipped and
     reported; the folded eager model is always available.
+
+    On the CPU, ``retain_memory`` first makes glibc's malloc keep freed memory in this process
+    (:func:`cspnet.tools.heap.retain_freed_memory`, process-wide; skipped where the user set malloc
+    variables): without it a small model page-faults its activations back in on every call.
 
     Example:
         >>> import cspnet, torch
@@ -284,6 +292,7 @@ def optimize_for_inference(
     if any(c in BF16_CANDIDATES for c in candidates) and not bf16_supported(device):
         candidates = [c for c in candidates if c not in BF16_CANDIDATES]
 
+    heap = retain_freed_memory() if retain_memory and device.type == "cpu" else "untouched"
     base = copy.deepcopy(model).eval()
     with torch.no_grad():
         reference = base(example_input)
@@ -325,6 +334,6 @@ def optimize_for_inference(
         chosen = min(times, key=lambda n: results[n].latency.median)
     else:
         chosen = "eager"
-    report = OptimizeReport(chosen, tol, tuple(example_input.shape), results)
+    report = OptimizeReport(chosen, tol, tuple(example_input.shape), results, heap)
     fn, any_shape = runnable[chosen]
     return OptimizedModel(fused, fn, report, example_input, any_shape)

@@ -1,0 +1,74 @@
+"""retain_freed_memory: after it, memory freed by one forward is reused by the next without page
+faults. The setting is process-wide, so each check runs in a fresh child process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cspnet.tools.heap import USER_SETTINGS, _glibc
+
+CHILD = """
+import json, resource, torch
+import cspnet
+from cspnet.tools.heap import retain_freed_memory
+torch.set_num_threads(1)
+
+def faults_per_round(rounds=8):
+    def one():  # what a forward does to the heap: a few MiB allocated, touched, freed together
+        blocks = [torch.empty(3 << 18).fill_(1.0) for _ in range(4)]
+        del blocks
+    one()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        one()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / rounds
+
+before = faults_per_round()
+if MODE == "optimize":
+    model = cspnet.create_model("peleenet_tiny", num_classes=4)
+    state = cspnet.optimize_for_inference(model, torch.randn(1, 3, 32, 32), compile=False, rounds=1).report.heap
+else:
+    state = retain_freed_memory()
+print(json.dumps({"state": state, "again": retain_freed_memory(), "before": before, "after": faults_per_round()}))
+"""
+
+
+def _child(mode: str, **env) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
+    out = subprocess.run([sys.executable, "-c", f"MODE = {mode!r}\n" + CHILD], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+needs_glibc = pytest.mark.skipif(_glibc() is None, reason="glibc's malloc only (Linux)")
+
+
+@needs_glibc
+@pytest.mark.parametrize("mode", ["direct", "optimize"])
+def test_freed_memory_is_reused_without_page_faults(mode):
+    r = _child(mode)
+    assert r["state"] == "retained" and r["again"] == "retained"
+    # glibc's defaults trim the freed 12 MiB and fault all of it back in: ~3,000 faults a round
+    assert r["before"] > 1000
+    assert r["after"] < r["before"] / 20
+
+
+@needs_glibc
+def test_the_users_own_malloc_settings_are_left_alone():
+    r = _child("direct", MALLOC_TRIM_THRESHOLD_="131072")
+    assert r["state"] == "user settings"
+    assert r["after"] > 1000  # still glibc's (here: the user's) trimming
+
+
+def test_optimize_can_leave_the_heap_alone():
+    import torch
+
+    import cspnet
+
+    model = cspnet.create_model("peleenet_tiny", num_classes=4)
+    fast = cspnet.optimize_for_inference(model, torch.randn(1, 3, 32, 32), compile=False, rounds=1,
+                                         retain_memory=False)
+    assert fast.report.heap == "untouched" and "freed memory: untouched" in fast.report.summary()
