@@ -3,7 +3,9 @@ close it comes to the machine's fp32 matmul peak, for several models and inferen
 
 Every timed callable (each model x engine x batch size, and the matmul that measures the peak) is
 timed round by round in a shuffled order (:func:`cspnet.tools.timing.interleaved`), so load from
-other processes hits all of them alike and their ratios stay meaningful on a busy machine.
+other processes hits all of them alike and their ratios stay meaningful on a busy machine. A batch-1
+call is timed right after an untimed call of its own, as a loop of that model alone would run it:
+otherwise it would start with the caches full of whatever ran before it.
 
 Engines:
     ``torch``        our default path, :func:`cspnet.optimize_for_inference` (its choice is noted)
@@ -295,8 +297,10 @@ def run_bench(
         bar.close()
         matmul, matmul_flop = _matmul_runner(dev)
         calls[MATMUL] = matmul
+        # a batch-1 call is short enough for the CPU caches to matter: time it as in a loop of its own
+        primed = {k for k, (_, _, kind) in meta.items() if kind == "b1"}
         times = interleaved(calls, rounds, warmup, synchronizer(dev), progress="bench" if progress else None,
-                            pause=PAUSE_S)
+                            pause=PAUSE_S, primed=primed)
 
     peak = matmul_flop / Timing.of(times[MATMUL]).median / 1e9
     for key, t in times.items():
@@ -426,7 +430,8 @@ def format_result(result: BenchResult, fmt: str = "md") -> str:
     if fmt != "md":
         raise ValueError(f"format {fmt!r}; choose md, csv or json")
     lines = [
-        f"device {result.device}, {result.threads} threads; medians of {result.rounds} interleaved rounds; "
+        f"device {result.device}, {result.threads} threads; medians of {result.rounds} interleaved rounds "
+        "(each batch-1 call right after an untimed call of its own, as in a loop); "
         f"fp32 matmul peak {result.matmul_gflop_s:.0f} GFLOP/s (measured in the same run)",
         "",
         "| " + " | ".join(COLUMNS[k][0] for k in keys) + " |",

@@ -98,7 +98,8 @@ def format_pairs(result: PairsResult, fmt: str = "md") -> str:
                                           for k in METRICS] + ["time follows FLOPs"]
     lines = [
         f"engine `{b.rows[0].engine}` on {b.device}, {b.threads} threads; latency = median of {b.rounds} "
-        f"interleaved rounds; fp32 matmul peak {b.matmul_gflop_s:.0f} GFLOP/s in the same run. "
+        f"interleaved rounds (at batch 1 each timed call right after an untimed one of the same model); "
+        f"fp32 matmul peak {b.matmul_gflop_s:.0f} GFLOP/s in the same run. "
         f"Cells: baseline -> CSP (relative change). 'time follows FLOPs': CSP/baseline latency ratio at "
         f"batch 1 <= FLOPs ratio + {MARGIN:.0%}.",
         "",

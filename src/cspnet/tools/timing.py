@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,7 @@ def interleaved(
     progress: str | None = None,
     seed: int = 0,
     pause: float = 0.0,
+    primed: Collection[str] = (),
 ) -> dict[str, list[float]]:
     """Time every ``fns[name]()`` ``rounds`` times, interleaved and shuffled; seconds per call.
 
@@ -60,6 +61,8 @@ def interleaved(
     ``progress`` names a tqdm bar (None: no bar). ``pause`` seconds of sleep before each timed
     call let the previous engine's worker threads stop spinning (OpenMP, ONNX Runtime and OpenCV
     pools busy-wait for a while after each call), so they do not steal cores from the next one.
+    Each name in ``primed`` gets one untimed call right before its timed one, so a short call is
+    timed as in a loop of its own (its weights in the CPU caches), not cold after the others.
     """
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be at least 1")
@@ -82,6 +85,9 @@ def interleaved(
             sync()
             if pause:
                 time.sleep(pause)
+            if name in primed:
+                fns[name]()
+                sync()
             start = time.perf_counter()
             fns[name]()
             sync()
