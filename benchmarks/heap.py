@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from cspnet.tools.bench import print_child_result, run_child
 
 MODELS = (("peleenet", 224), ("csppeleenet", 224), ("cspresnext50", 256))
 QUICK_MODELS = (("csppeleenet_tiny", 64),)
 CHOICES = {"eager+onednn_graph": ["eager", "onednn_graph"], "all": None}
-MARK = "=====result"
 
 
 def child(name: str, size: int, retain: bool, choice: str, calls: int) -> None:
@@ -48,16 +47,14 @@ def child(name: str, size: int, retain: bool, choice: str, calls: int) -> None:
         fast(x)
         times.append(time.perf_counter() - start)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    print(MARK + json.dumps({
+    print_child_result({
         "chosen": fast.chosen, "heap": fast.report.heap, "median_ms": statistics.median(times) * 1e3,
         "faults": (r1.ru_minflt - r0.ru_minflt) / calls, "sys_ms": (r1.ru_stime - r0.ru_stime) / calls * 1e3,
-    }), flush=True)
+    })
 
 
-def run_child(name: str, size: int, retain: bool, choice: str, calls: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, str(size), str(int(retain)), choice, str(calls)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.split(MARK, 1)[1].splitlines()[0])
+def measure(name: str, size: int, retain: bool, choice: str, calls: int) -> dict:
+    return run_child([sys.executable, __file__, "--child", name, str(size), str(int(retain)), choice, str(calls)])
 
 
 def main() -> None:
@@ -83,7 +80,7 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {}
     jobs = [(m, s, c, r) for m, s in models for c in CHOICES for _ in range(repeats) for r in (False, True)]
     for name, size, choice, retain in tqdm(jobs, desc="processes", unit="process"):
-        runs.setdefault((name, size, choice, retain), []).append(run_child(name, size, retain, choice, calls))
+        runs.setdefault((name, size, choice, retain), []).append(measure(name, size, retain, choice, calls))
     after = machine_info()
 
     lines = ["| model | size | candidates | chose | malloc | page faults / call | kernel ms / call | "

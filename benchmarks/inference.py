@@ -16,7 +16,7 @@ import argparse
 import datetime
 from pathlib import Path
 
-from cspnet.tools.bench import ENGINES, format_result, machine_info, run_bench
+from cspnet.tools.bench import ENGINES, format_result, machine_info, print_child_result, run_bench, run_child
 from cspnet.tools.checkpoint import atomic_write_bytes
 
 MODELS = ["cspresnext50", "cspdarknet53", "cspdensenet201", "csppeleenet"]
@@ -90,9 +90,7 @@ def alone_rows(models: list[str], img_size: int | None, rounds: int, blocks: int
 def alone_table(models: list[str], img_size: int | None, rounds: int) -> str:
     """alone_rows in a fresh process with torch's default OpenMP settings, and in one whose OpenMP
     threads spin between ops like ONNX Runtime's (libgomp reads that setting only at start-up)."""
-    import json
     import os
-    import subprocess
     import sys
 
     lines = ["| model | size | OpenMP threads | torch (ms) | ONNX Runtime, spinning (ms) | torch / ORT | torch chose |",
@@ -101,8 +99,7 @@ def alone_table(models: list[str], img_size: int | None, rounds: int) -> str:
         cmd = [sys.executable, __file__, "--rounds", str(rounds), "--alone", *models]
         if img_size:
             cmd += ["--img-size", str(img_size)]
-        out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
-        for r in json.loads(out.strip().splitlines()[-1]):
+        for r in run_child(cmd, env={**os.environ, **env}):
             lines.append(f"| {r['model']} | {r['size']} | {label} | {r['torch']:.2f} | {r['ort']:.2f} | "
                          f"{r['torch'] / r['ort']:.2f} | {r['chosen']} |")
     return "\n".join(lines) + "\n"
@@ -117,9 +114,7 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.alone:
-        import json
-
-        print(json.dumps(alone_rows(args.alone, args.img_size, args.rounds)))
+        print_child_result(alone_rows(args.alone, args.img_size, args.rounds))
         return
     models, rounds, size = (QUICK_MODELS, 3, 64) if args.quick else (MODELS, args.rounds, None)
     before = machine_info()

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import subprocess
 import sys
 from pathlib import Path
+
+from cspnet.tools.bench import print_child_result, run_child
 
 PAIRS = (("peleenet", "csppeleenet", 224), ("densenet201", "cspdensenet201", 256),
          ("resnext50", "cspresnext50", 256))
 QUICK_PAIRS = (("peleenet_tiny", "csppeleenet_tiny", 64),)
-MARK = "=====result"
 
 
 def child(threads: int, pairs, rounds: int) -> None:
@@ -52,13 +51,12 @@ def child(threads: int, pairs, rounds: int) -> None:
         ms = {n: Timing.of(t).median * 1e3 for n, t in times.items()}
         rows.append(dict(base=base, csp=csp, size=size, base_ms=ms[base], csp_ms=ms[csp],
                          flops_ratio=flops[csp] / flops[base]))
-    print(MARK + json.dumps(rows), flush=True)
+    print_child_result(rows)
 
 
-def run_child(threads: int, quick: bool, rounds: int) -> list[dict]:
-    cmd = [sys.executable, __file__, "--child", str(threads), "--rounds", str(rounds)] + (["--quick"] if quick else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.split(MARK, 1)[1].splitlines()[0])
+def measure(threads: int, quick: bool, rounds: int) -> list[dict]:
+    return run_child([sys.executable, __file__, "--child", str(threads), "--rounds", str(rounds)]
+                     + (["--quick"] if quick else []))
 
 
 def main() -> None:
@@ -80,7 +78,7 @@ def main() -> None:
 
     before = machine_info()
     rounds = 3 if args.quick else args.rounds
-    results = {t: run_child(t, args.quick, rounds)
+    results = {t: measure(t, args.quick, rounds)
                for t in tqdm(args.threads, desc="thread counts", unit="process")}
     lines = ["| baseline -> CSP | size | threads | baseline (ms) | CSP (ms) | latency ratio | FLOPs ratio | "
              "time follows FLOPs (ratio <= FLOPs + 0.05) |", "|---|---:|---:|---:|---:|---:|---:|---|"]

@@ -443,6 +443,27 @@ def format_result(result: BenchResult, fmt: str = "md") -> str:
     return "\n".join(lines) + "\n"
 
 
+CHILD_MARK = "=====result"
+
+
+def print_child_result(result) -> None:
+    """What a benchmark's child process hands back: JSON on one line after a marker, so that
+    library output printed before it (warnings, progress) cannot be mistaken for it."""
+    import json
+
+    print(CHILD_MARK + json.dumps(result), flush=True)
+
+
+def run_child(cmd: list[str], env: dict | None = None):
+    """Run a benchmark child (a fresh process: clean heap, threads and caches) and return what it
+    passed to :func:`print_child_result`."""
+    import json
+    import subprocess
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.split(CHILD_MARK, 1)[1].splitlines()[0])
+
+
 def machine_info() -> str:
     """One line naming the CPU, threads, library versions and the load when it was called, so a
     committed figure says what it was measured on and whether the machine was quiet."""
