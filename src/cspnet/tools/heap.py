@@ -47,7 +47,7 @@ def _glibc():
 
 def retain_freed_memory() -> str:
     """Raise glibc's trim and mmap thresholds for this process (once); returns what happened:
-    ``"retained"``, ``"user settings"`` (left alone) or ``"not glibc"``."""
+    ``"retained"``, ``"user settings"`` (left alone), ``"not glibc"`` or ``"refused"`` (by mallopt)."""
     global _state
     if _state is not None:
         return _state
@@ -61,5 +61,5 @@ def retain_freed_memory() -> str:
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
-    _state = "retained" if ok else "not glibc"
+    _state = "retained" if ok else "refused"
     return _state

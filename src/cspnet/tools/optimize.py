@@ -49,7 +49,7 @@ class OptimizeReport:
     tol: float
     input_shape: tuple[int, ...]
     candidates: dict[str, CandidateResult] = field(default_factory=dict)
-    heap: str = "untouched"  # what retain_freed_memory did: retained, user settings, not glibc, untouched
+    heap: str = "untouched"  # what heap.retain_freed_memory said, or "untouched" where it was not called
 
     def summary(self) -> str:
         """A small table: candidate, one-time cost, max difference, median/min latency."""
