@@ -5,7 +5,7 @@ it is free, and serves blocks over ``M_MMAP_THRESHOLD`` with fresh mappings that
 free. Both start at 128 KiB and grow only with the largest block freed so far. With a small model
 at batch 1 (PeleeNet at 224: no activation over 1.5 MiB) the heap can still be trimmed after every
 forward, and the next forward touches fresh pages again: ``benchmarks/heap.md`` has peleenet's
-oneDNN Graph form at 935 page faults and 3.1 ms of kernel time per call with glibc's defaults, none
+oneDNN Graph form at 954 page faults and 2.1 ms of kernel time per call with glibc's defaults, none
 and 0.08 ms with the settings below. Whether it happens depends on what the process allocated
 before (a torch.compile run raises the thresholds on its own). ONNX Runtime never pays this: it
 keeps its own arena.
