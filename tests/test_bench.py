@@ -2,7 +2,6 @@
 the pairs table and plot, and one-line errors."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -34,25 +33,29 @@ def test_interleaved_runs_every_candidate_in_shuffled_rounds():
     assert len(set(rounds)) > 1  # the order changes from round to round
 
 
-def test_a_primed_call_is_timed_right_after_an_untimed_call_of_its_own():
-    log = []
+def test_a_primed_call_is_timed_right_after_an_untimed_call_of_its_own(monkeypatch):
+    from types import SimpleNamespace
+
+    from cspnet.tools import timing
+
+    clock, log = [0.0], []
 
     def make(name):
         def fn():
+            # on a fake clock: "slow" costs 20 cold (right after another candidate), 1 warm
+            clock[0] += 1.0 if name != "slow" or log[-1:] == ["slow"] else 20.0
             log.append(name)
-            if name == "slow":
-                # cold (right after another candidate) it takes 20 ms, warm 1 ms
-                time.sleep(0.001 if len(log) > 1 and log[-2] == "slow" else 0.02)
         return fn
 
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock[0], sleep=lambda s: None))
     fns = {n: make(n) for n in ("slow", "other")}
     plain = interleaved(fns, rounds=6, warmup=0)
     log.clear()
     primed = interleaved(fns, rounds=6, warmup=0, primed={"slow"})
     pattern = "".join("s" if n == "slow" else "o" for n in log)
     assert pattern.replace("ss", "") == "oooooo"  # every timed "slow" right after an untimed one
-    assert len(primed["slow"]) == 6 and len(primed["other"]) == 6
-    assert max(primed["slow"]) < 0.015 < plain["slow"][0]  # the first plain call always starts cold
+    assert primed == {"slow": [1.0] * 6, "other": [1.0] * 6}
+    assert plain["slow"][0] == 20.0  # the first plain call always starts cold
 
 
 @pytest.fixture(scope="module")
