@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 
 import cspnet
+from cspnet.bench.child import machine_info
+from cspnet.checkpoint import atomic_write_bytes, read_metadata
 from cspnet.data import build_classify_data, collate
-from cspnet.engine import read_run_meta
-from cspnet.tools.bench import machine_info
-from cspnet.tools.checkpoint import atomic_write_bytes
-from cspnet.tools.fuse import fuse
-from cspnet.tools.optimize import bf16_supported, make_candidate, optimize_for_inference
+from cspnet.inference.fuse import fuse
+from cspnet.inference.optimize import bf16_supported, make_candidate, optimize_for_inference
 
 HERE = Path(__file__).parent
 SHARED = HERE.parent.parent / "shared" / "data" / "classify" / "fashion_mnist"
@@ -51,7 +50,7 @@ def val_batch(spec: str, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def accuracy_rows(spec: str, ckpt: Path) -> list[str]:
-    meta = read_run_meta(ckpt)
+    meta = read_metadata(ckpt)
     model = cspnet.create_model(checkpoint=str(ckpt)).eval()
     images, labels = val_batch(spec, meta)
     with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from tqdm import tqdm
 
-from cspnet.tools.checkpoint import atomic_write_bytes
+from cspnet.checkpoint import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

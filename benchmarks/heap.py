@@ -1,5 +1,5 @@
 """Page faults and latency of a forward pass with glibc's malloc defaults and with freed memory
-retained (cspnet.tools.heap, what cspnet.optimize_for_inference does on the CPU by default).
+retained (cspnet.inference.heap, what cspnet.optimize_for_inference does on the CPU by default).
 
     python benchmarks/heap.py           # writes benchmarks/heap.md (quiet machine!)
     python benchmarks/heap.py --quick   # tiny models, printed only
@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from cspnet.tools.bench import print_child_result, run_child
+from cspnet.bench.child import print_child_result, run_child
 
 MODELS = (("peleenet", 224), ("csppeleenet", 224), ("cspresnext50", 256))
 QUICK_MODELS = (("csppeleenet_tiny", 64),)
@@ -71,8 +71,8 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from cspnet.tools.bench import machine_info
-    from cspnet.tools.checkpoint import atomic_write_bytes
+    from cspnet.bench.child import machine_info
+    from cspnet.checkpoint import atomic_write_bytes
 
     models = QUICK_MODELS if args.quick else MODELS
     repeats, calls = (1, 20) if args.quick else (args.repeats, args.calls)

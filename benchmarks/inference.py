@@ -5,7 +5,7 @@ torch.compile, ONNX Runtime and OpenCV DNN, on one model of each CSP family, at 
     python benchmarks/inference.py --quick    # smoke run: tiny models, few rounds, printed only
 
 All model x engine pairs and the fp32 matmul that measures the machine's peak are timed in one
-interleaved, shuffled run (cspnet.tools.timing), so their ratios hold even if load changes.
+interleaved, shuffled run (cspnet.inference.timing), so their ratios hold even if load changes.
 Targets (issue 6): default path / ONNX Runtime <= 1.0; >= 85% of the matmul peak on the
 ResNe(X)t and Darknet families.
 """
@@ -16,8 +16,10 @@ import argparse
 import datetime
 from pathlib import Path
 
-from cspnet.tools.bench import ENGINES, format_result, machine_info, print_child_result, run_bench, run_child
-from cspnet.tools.checkpoint import atomic_write_bytes
+from cspnet.bench import format_result, run_bench
+from cspnet.bench.child import machine_info, print_child_result, run_child
+from cspnet.bench.engines import ENGINES
+from cspnet.checkpoint import atomic_write_bytes
 
 MODELS = ["cspresnext50", "cspdarknet53", "cspdensenet201", "csppeleenet"]
 QUICK_MODELS = ["cspresnext_tiny", "cspdarknet_tiny", "cspdensenet_tiny", "csppeleenet_tiny"]
@@ -56,10 +58,10 @@ def alone_rows(models: list[str], img_size: int | None, rounds: int, blocks: int
     import onnxruntime as ort
     import torch
 
-    from cspnet.tools.export import prepare_for_export, to_onnx_bytes
-    from cspnet.tools.modelspec import default_img_size, load_model
-    from cspnet.tools.optimize import optimize_for_inference
-    from cspnet.tools.timing import Timing
+    from cspnet.inference.export import prepare_for_export, to_onnx_bytes
+    from cspnet.inference.optimize import optimize_for_inference
+    from cspnet.inference.timing import Timing
+    from cspnet.models.spec import default_img_size, load_model
 
     rows = []
     for name in models:

@@ -13,10 +13,11 @@ import argparse
 import datetime
 from pathlib import Path
 
-from cspnet.tools.bench import PAIRS, machine_info
-from cspnet.tools.checkpoint import atomic_write_bytes
-from cspnet.tools.memprobe import measure
-from cspnet.tools.pairs import format_pairs, plot_pairs, run_pairs
+from cspnet.bench import PAIRS
+from cspnet.bench.child import machine_info
+from cspnet.bench.memprobe import measure
+from cspnet.bench.pairs import format_pairs, plot_pairs, run_pairs
+from cspnet.checkpoint import atomic_write_bytes
 
 QUICK_PAIRS = (("resnet_tiny", "cspresnet_tiny"), ("resnext_tiny", "cspresnext_tiny"),
                ("darknet_tiny", "cspdarknet_tiny"), ("densenet_tiny", "cspdensenet_tiny"),
@@ -45,9 +46,9 @@ def primitive_child(name: str, size: int, batch: int, runs: int) -> None:
     import torch
 
     import cspnet
-    from cspnet.tools.fuse import fuse
-    from cspnet.tools.heap import retain_freed_memory
-    from cspnet.tools.optimize import make_candidate
+    from cspnet.inference.fuse import fuse
+    from cspnet.inference.heap import retain_freed_memory
+    from cspnet.inference.optimize import make_candidate
 
     retain_freed_memory()  # as the default path runs it: no page faults from a trimmed heap
     model = cspnet.create_model(name).eval()
@@ -98,7 +99,7 @@ KINDS = ("1x1 conv", "kxk conv", "concat", "reorder", "pooling")
 def primitive_table(pairs, size: int | None, batches=(1, 16), runs: int = 10) -> str:
     """Where the time goes in the oneDNN Graph form of each model: the evidence for which pairs follow
     their FLOPs in time and which do not."""
-    from cspnet.tools.modelspec import default_img_size, load_model
+    from cspnet.models.spec import default_img_size, load_model
 
     head = ["model", "batch", "wall (ms)", "oneDNN (ms)", "outside oneDNN (ms)", "oneDNN calls"]
     lines = ["| " + " | ".join(head + [f"{k} (ms)" for k in KINDS] + ["other (ms)"]) + " |",
@@ -158,7 +159,7 @@ def main() -> None:
         "time by primitive kind, its number of calls, and the wall time outside oneDNN (TorchScript's "
         "interpreter, its checks of each partition's inputs, and waking the OpenMP threads). oneDNN Graph "
         "has no slice op, so the conv before each sliced CSP split (CSPPeleeNet, CSPDenseNet) runs as two "
-        "convs, one per part (`cspnet.tools.fuse.presplit_slices`); before that, each slice ended a "
+        "convs, one per part (`cspnet.inference.fuse.presplit_slices`); before that, each slice ended a "
         "partition and cost a reorder out of oneDNN's blocked layout and one back in. Verbose logging "
         "itself adds a little to every call.",
         "",

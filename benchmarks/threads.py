@@ -17,7 +17,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from cspnet.tools.bench import print_child_result, run_child
+from cspnet.bench.child import print_child_result, run_child
 
 PAIRS = (("peleenet", "csppeleenet", 224), ("densenet201", "cspdensenet201", 256),
          ("resnext50", "cspresnext50", 256))
@@ -29,11 +29,11 @@ def child(threads: int, pairs, rounds: int) -> None:
     import torch
 
     import cspnet
-    from cspnet.tools.fuse import fuse
-    from cspnet.tools.heap import retain_freed_memory
-    from cspnet.tools.optimize import make_candidate
-    from cspnet.tools.profile import count_macs
-    from cspnet.tools.timing import Timing, interleaved
+    from cspnet.bench.profile import count_macs
+    from cspnet.inference.fuse import fuse
+    from cspnet.inference.heap import retain_freed_memory
+    from cspnet.inference.optimize import make_candidate
+    from cspnet.inference.timing import Timing, interleaved
 
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the default path runs it: no page faults from a trimmed heap
@@ -73,8 +73,8 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from cspnet.tools.bench import machine_info
-    from cspnet.tools.checkpoint import atomic_write_bytes
+    from cspnet.bench.child import machine_info
+    from cspnet.checkpoint import atomic_write_bytes
 
     before = machine_info()
     rounds = 3 if args.quick else args.rounds
@@ -98,7 +98,7 @@ def main() -> None:
         "Batch 1, fp32, each model's oneDNN Graph form (BN folded, presplit slices). Each thread count ran "
         f"in its own process, where baseline and CSP were timed interleaved ({rounds} rounds, medians; each "
         "timed call right after an untimed one of the same model, as in a loop), with freed memory kept in "
-        "the process as the default path does (`cspnet.tools.heap`). Compare ratios within a row, not "
+        "the process as the default path does (`cspnet.inference.heap`). Compare ratios within a row, not "
         "milliseconds across processes.",
         "",
         *lines,

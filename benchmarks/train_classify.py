@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+from cspnet.bench.child import machine_info
+from cspnet.bench.profile import profile
+from cspnet.checkpoint import atomic_write_bytes
 from cspnet.data import build_classify_data, collate
 from cspnet.engine import ClassificationTask, TrainConfig, Trainer
 from cspnet.engine.runtime import seed_everything
+from cspnet.inference.timing import Timing, interleaved
 from cspnet.models import build_from_config, create_model, get_config
 from cspnet.models.config import apply_overrides, scale_stages
-from cspnet.tools.bench import machine_info
-from cspnet.tools.checkpoint import atomic_write_bytes
-from cspnet.tools.profile import profile
-from cspnet.tools.timing import Timing, interleaved
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA_ROOT = HERE.parents[1] / "shared" / "data" / "classify"

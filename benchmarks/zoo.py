@@ -4,7 +4,7 @@ batch 1, and timm's latency for the models whose architecture timm has, measured
     python benchmarks/zoo.py            # writes benchmarks/zoo.md
     python benchmarks/zoo.py --quick    # a smoke run (few rounds), printed only
 
-Latencies are medians of interleaved, shuffled rounds (cspnet.tools.timing), so load from other
+Latencies are medians of interleaved, shuffled rounds (cspnet.inference.timing), so load from other
 processes hits ours and timm's alike; the ratio ours/timm is the figure to read.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 import cspnet
+from cspnet.bench.child import machine_info
+from cspnet.bench.profile import profile
+from cspnet.convert.timm import TIMM_MODELS
+from cspnet.inference.timing import Timing, interleaved
 from cspnet.models import get_entry
-from cspnet.tools.bench import machine_info
-from cspnet.tools.profile import profile
-from cspnet.tools.timing import Timing, interleaved
-from cspnet.weights import TIMM_MODELS
 
 OURS_TO_TIMM = {ours: timm_name for timm_name, ours in TIMM_MODELS.items()}
 # The paper models whose cfg timm follows up to timm-facts.md's differences (darknet53 and

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
+from cspnet.bench import memprobe
+from cspnet.bench.pairs import Pair, PairsResult, format_pairs, plot_pairs
+from cspnet.bench.profile import count_macs
+from cspnet.bench.report import Row, format_result
+from cspnet.bench.runner import run_bench, timm_counterpart
 from cspnet.cli import main
-from cspnet.tools import memprobe
-from cspnet.tools.bench import Row, format_result, run_bench, timm_counterpart
-from cspnet.tools.pairs import Pair, PairsResult, format_pairs, plot_pairs
-from cspnet.tools.profile import count_macs
-from cspnet.tools.timing import Timing, interleaved
+from cspnet.inference.timing import Timing, interleaved
 
 
 def test_timing_summary():
@@ -36,7 +37,7 @@ def test_interleaved_runs_every_candidate_in_shuffled_rounds():
 def test_a_primed_call_is_timed_right_after_an_untimed_call_of_its_own(monkeypatch):
     from types import SimpleNamespace
 
-    from cspnet.tools import timing
+    from cspnet.inference import timing
 
     clock, log = [0.0], []
 

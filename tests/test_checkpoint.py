@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cspnet
-from cspnet.tools.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
+from cspnet.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
 
 NAME = "cspdarknet_tiny"
 

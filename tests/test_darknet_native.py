@@ -9,8 +9,9 @@ import torch
 
 from conftest import shared_path
 from cspnet import create_model
-from cspnet.darknet import build, match_native, randomize, save_weights, to_native, to_native_model
-from cspnet.darknet.native import logits_layer
+from cspnet.convert import match_native, to_native, to_native_model
+from cspnet.convert.darknet import logits_layer
+from cspnet.darknet import build, randomize, save_weights
 from test_darknet_build import one_thread  # noqa: F401  (autouse: one intra-op thread here too)
 
 # cfg (under darknet-cfg/) -> native model and the create_model overrides it needs
@@ -109,7 +110,7 @@ def test_to_native_model_applies_the_activation_override(tmp_path):
 
 def test_the_output_check_is_absolute(tmp_path, monkeypatch):
     """1e-4 whatever the logits' size: large logits must not widen what counts as the same network."""
-    import cspnet.darknet.native as native
+    import cspnet.convert.darknet as native
 
     path = tmp_path / "r10.weights"
     _random_weights("resnet10.cfg", path)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import cspnet
+from cspnet.bench.profile import profile
 from cspnet.layers import DenseBlock
 from cspnet.models.densenet import ElasticDenseLayer
-from cspnet.tools.profile import profile
 
 
 @pytest.mark.parametrize("new_first", [True, False])

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import cspnet
+from cspnet.checkpoint import save_checkpoint
 from cspnet.cli import main
-from cspnet.tools import export as export_mod
-from cspnet.tools.checkpoint import save_checkpoint
-from cspnet.tools.export import export_onnx
+from cspnet.inference import export as export_mod
+from cspnet.inference.export import export_onnx
 
 # one model per family; the darknet one with Mish, the activation OpenCV 4.x cannot read as an op
 FAMILY_MODELS = {

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import cspnet
+from cspnet.inference.fuse import count_batchnorms, fuse
 from cspnet.layers import BnActConv, DenseBlock
-from cspnet.tools.fuse import count_batchnorms, fuse
 
 FAMILY_TINY = ["resnet_tiny", "cspresnext_tiny", "darknet_tiny", "cspdarknet_tiny", "densenet_tiny",
                "cspdensenet_tiny", "peleenet_tiny", "csppeleenet_tiny"]
@@ -95,7 +95,7 @@ def test_fold_uses_running_statistics_even_from_train_mode():
 @pytest.mark.parametrize("name", [n for n in ("cspdarknet_tiny", "cspresnet_tiny") if n in cspnet.list_models()])
 def test_merged_two_conv_splits_are_exact(name):
     from cspnet.csp import CrossStagePartial
-    from cspnet.tools.fuse import merge_two_conv_splits
+    from cspnet.inference.fuse import merge_two_conv_splits
 
     torch.manual_seed(0)
     model = randomize_bn(cspnet.create_model(name, num_classes=10)).eval()
@@ -112,7 +112,7 @@ def test_merged_two_conv_splits_are_exact(name):
 
 def test_presplit_slices_feeds_sliced_stages_two_convs_and_is_exact():
     """The conv before each split='slice' stage is cut in two; the trace then has no slice."""
-    from cspnet.tools.fuse import SplitConv, presplit_slices
+    from cspnet.inference.fuse import SplitConv, presplit_slices
 
     model, x = randomized("csppeleenet_tiny"), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -127,7 +127,7 @@ def test_presplit_slices_feeds_sliced_stages_two_convs_and_is_exact():
 
 
 def test_presplit_slices_leaves_other_producers_alone():
-    from cspnet.tools.fuse import presplit_slices
+    from cspnet.inference.fuse import presplit_slices
 
     for name in ("cspdarknet_tiny", "peleenet_tiny"):  # split by conv / no split at all
         model = fuse(cspnet.create_model(name, num_classes=10))

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from cspnet.tools.bench import run_child
-from cspnet.tools.heap import USER_SETTINGS, _glibc
+from cspnet.bench.child import run_child
+from cspnet.inference.heap import USER_SETTINGS, _glibc
 
 CHILD = """
 import resource, torch
 import cspnet
-from cspnet.tools.heap import retain_freed_memory
+from cspnet.inference.heap import retain_freed_memory
 torch.set_num_threads(1)
 
 def faults_per_round(rounds=8):
@@ -32,7 +32,7 @@ if MODE == "optimize":
     state = cspnet.optimize_for_inference(model, torch.randn(1, 3, 32, 32), compile=False, rounds=1).report.heap
 else:
     state = retain_freed_memory()
-from cspnet.tools.bench import print_child_result  # imported last: its imports allocate too
+from cspnet.bench.child import print_child_result  # imported last: its imports allocate too
 print_child_result({"state": state, "again": retain_freed_memory(), "before": before, "after": faults_per_round()})
 """
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import cspnet
+from cspnet.bench.profile import count_params, profile
+from cspnet.layers import TwoWayDenseLayer
 from cspnet.models import get_config
-from cspnet.models.peleenet import TwoWayDenseLayer
-from cspnet.tools.profile import count_params, profile
 
 
 @cache

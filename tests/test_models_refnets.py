@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import cspnet
+from cspnet.bench.profile import profile
 from cspnet.layers import DarknetMaxPool
 from cspnet.models import get_config
-from cspnet.tools.profile import profile
 
 # CSPNet README ImageNet table: conv/fc weights (M) and BFLOPs at 256, with Darknet Ref. their baseline
 README = {

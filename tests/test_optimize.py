@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 import cspnet
+from cspnet.inference.compare import max_difference
+from cspnet.inference.fuse import count_batchnorms, fuse
+from cspnet.inference.optimize import bf16_supported, make_candidate, optimize_for_inference
 from cspnet.layers import ConvBnAct
-from cspnet.tools.fuse import count_batchnorms, fuse
-from cspnet.tools.optimize import bf16_supported, make_candidate, max_difference, optimize_for_inference
 from test_fuse import randomize_bn, randomized
 
 

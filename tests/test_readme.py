@@ -1,18 +1,14 @@
-"""The README's set-up commands are what CI runs, and its examples run as written and print what it
-says they print: a Python expression followed by a comment that is itself an expression
-(``# torch.Size([1, 64, 32, 32])``, ``# == model(x)``, a list ending in ``...`` for "starts with")
-is checked; a prose comment (``# strides 8, 16, 32``) is not."""
+"""The README's set-up commands are what CI runs, and its examples print what it says they print
+(the checker is ``readme_check.py``; the Python blocks run in fresh interpreters in
+``test_layout.py``)."""
 
-import ast
-import io
 import re
-import tokenize
 from pathlib import Path
 
 import pytest
-import torch
 
 from cspnet.cli import main as cli
+from readme_check import run_and_check
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -28,56 +24,6 @@ def test_ci_runs_the_readme_install_and_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci, f".ci/run must run the README's test command: {test}"
     assert "pip install" in ci and '".[dev]"' in ci
-
-
-def _claim(comment: str):
-    """The expression a trailing comment claims (``(is_equality, source)``), or None for prose."""
-    text = comment.lstrip("#").strip()
-    if text.startswith("=="):
-        return True, text[2:].strip()
-    try:
-        ast.parse(text, mode="eval")
-    except SyntaxError:
-        return None
-    return False, text
-
-
-def _check(value, expected, what):
-    if isinstance(expected, list) and expected and expected[-1] is Ellipsis:  # "[first, ...]": a prefix
-        value, expected = list(value)[: len(expected) - 1], expected[:-1]
-    if isinstance(expected, torch.Tensor):
-        torch.testing.assert_close(value, expected, msg=what)
-    else:
-        assert value == expected, f"{what}: got {value!r}"
-
-
-def run_and_check(block: str, name: str) -> int:
-    """Run a README Python block statement by statement, checking every claim; returns their count."""
-    comments = {
-        tok.start[0]: tok.string
-        for tok in tokenize.generate_tokens(io.StringIO(block).readline)
-        if tok.type == tokenize.COMMENT
-    }
-    namespace, checked = {}, 0
-    for stmt in ast.parse(block).body:
-        claim = comments.get(stmt.end_lineno) if isinstance(stmt, ast.Expr) else None
-        claim = _claim(claim) if claim else None
-        if claim is None:
-            exec(compile(ast.Module([stmt], []), name, "exec"), namespace)
-            continue
-        source = ast.get_source_segment(block, stmt)
-        value = eval(compile(ast.Expression(stmt.value), name, "eval"), namespace)
-        expected = eval(claim[1], namespace)
-        _check(value, expected, f"{name}, line {stmt.lineno}: {source}  # {'== ' if claim[0] else ''}{claim[1]}")
-        checked += 1
-    return checked
-
-
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_readme_python_examples_run_and_print_what_they_claim(index):
-    torch.manual_seed(0)
-    checked = run_and_check(PYTHON_BLOCKS[index], f"README.md python block {index}")
-    assert checked >= 1, "every Python example states at least one result"
 
 
 def test_a_wrong_claim_in_a_readme_example_fails():

@@ -5,7 +5,7 @@ import torch
 
 import cspnet
 from cspnet.cli import main as cli
-from cspnet.weights import TIMM_MODELS, from_timm
+from cspnet.convert.timm import TIMM_MODELS, from_timm
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency (pip install -e '.[dev]')")
 

@@ -141,9 +141,9 @@ def test_fine_tune_keeps_the_checkpoints_channels(digits_run, pets_run, tmp_path
     rc, _, err = _main(["train", *TINY, "--data", root, "--checkpoint", run, "--epochs", "1", "--batch-size", "4",
                         "--out", tmp_path / "ft"])
     assert rc == 0, err
-    from cspnet.engine import read_run_meta
+    from cspnet.checkpoint import read_metadata
 
-    meta = read_run_meta(tmp_path / "ft" / "last.safetensors")
+    meta = read_metadata(tmp_path / "ft" / "last.safetensors")
     assert meta["in_chans"] == 1 and meta["classes"] == ["cat", "dog"] and meta["num_classes"] == 2
 
 
@@ -155,7 +155,7 @@ def test_baseline_through_set_option(tmp_path):
     meta = json.loads((tmp_path / "last.json").read_text())
     assert {st["fusion"] for st in meta["config"]["stages"]} == {"none"}
     from cspnet import create_model
-    from cspnet.tools.profile import count_params
+    from cspnet.bench.profile import count_params
 
     rebuilt = create_model(checkpoint=str(tmp_path / "last.safetensors"))
     baseline = create_model("cspresnet_tiny", num_classes=10, in_chans=1, fusion="none")

@@ -42,7 +42,7 @@ def cpu_ranks(tmp_path_factory):
 
 def test_ranks_keep_identical_weights(cpu_ranks):
     tmp_path = cpu_ranks
-    from cspnet.tools.checkpoint import load_state_dict_file
+    from cspnet.checkpoint import load_state_dict_file
 
     ranks = [load_state_dict_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     emas = [load_state_dict_file(tmp_path / f"ema{r}.safetensors") for r in range(2)]
@@ -108,8 +108,8 @@ def _assert_same_weights(one: dict, ranks: dict) -> None:
 def test_two_ranks_train_like_one_process(cpu_ranks):
     """DistributedSampler's split gives rank r the r-th of every 2 indices of one shuffle, which the
     single process draws too: 2 x 16 images per step are the same 32 as the single process's."""
+    from cspnet.checkpoint import load_state_dict_file
     from cspnet.engine import DistInfo
-    from cspnet.tools.checkpoint import load_state_dict_file
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -123,9 +123,9 @@ def test_two_ranks_train_like_one_process(cpu_ranks):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA (torch has no CPU kernels)")
 def test_sync_bn_ranks_train_like_one_process(tmp_path):
     """With --sync-bn, BatchNorm models too: 2 ranks (gloo, sharing GPU 0) equal one process."""
+    from cspnet.checkpoint import load_state_dict_file
     from cspnet.engine import DistInfo
     from cspnet.engine.runtime import set_deterministic
-    from cspnet.tools.checkpoint import load_state_dict_file
 
     _run([*TORCHRUN, str(Path(__file__).resolve()), str(tmp_path), "cuda"], tmp_path)
     tf32 = torch.backends.cudnn.allow_tf32
@@ -142,10 +142,10 @@ def _worker(out: Path, device: str) -> None:
     from torch.utils.data import Subset
 
     from cspnet import create_model
+    from cspnet.checkpoint import save_state_dict
     from cspnet.data import build_classify_data, collate
     from cspnet.engine import ClassificationTask, TrainConfig, Trainer, init_distributed, shutdown
     from cspnet.engine.runtime import seed_everything
-    from cspnet.tools.checkpoint import save_state_dict
 
     if device == "cuda":  # both ranks on GPU 0, which nccl refuses and gloo allows
         torch.backends.cudnn.allow_tf32 = False

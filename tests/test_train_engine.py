@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from cspnet import create_model
+from cspnet.checkpoint import read_metadata
+from cspnet.cli import cli_message
 from cspnet.data import build_classify_data, collate
 from cspnet.engine import (
     STATE_FILE,
@@ -22,7 +24,6 @@ from cspnet.engine import (
     eval_loader,
     evaluate,
     load_state,
-    read_run_meta,
 )
 from cspnet.engine import trainer as trainer_module
 from cspnet.engine.distributed import DistInfo
@@ -117,7 +118,7 @@ def test_resume_equals_uninterrupted(digits16, tmp_path, ema):
 def test_checkpoint_rebuilds_the_evaluated_model(digits16, tmp_path):
     trainer = _trainer(digits16, tmp_path, epochs=2, ema=True, ema_decay=0.9, channels_last=True, clip_grad=1.0)
     final = trainer.fit()
-    meta = read_run_meta(tmp_path / "last.safetensors")
+    meta = read_metadata(tmp_path / "last.safetensors")
     assert meta["model"] == "resnet_tiny" and meta["epoch"] == 2 and meta["classes"][3] == "3"
     assert meta["preprocess"]["img_size"] == 16 and meta["in_chans"] == 1
     sidecar = json.loads((tmp_path / "last.json").read_text())
@@ -140,14 +141,19 @@ def test_bf16_autocast_and_adamw_train(digits16):
     assert trainer.optimizer.param_groups[1]["weight_decay"] == 0.0  # biases and norms: no decay
 
 
-@pytest.mark.parametrize("clip, advice", [(0.0, "lower --lr or set --clip-grad"),
-                                          (1.0, "lower --lr (gradients are already clipped at --clip-grad 1)")])
-def test_diverging_loss_is_one_clear_error(digits16, clip, advice):
+@pytest.mark.parametrize("clip, advice, flags", [
+    (0.0, "lower lr or set clip_grad", "lower --lr or set --clip-grad"),
+    (1.0, "lower lr (gradients are already clipped at clip_grad=1.0)",
+     "lower --lr (gradients are already clipped at --clip-grad 1)"),
+])
+def test_diverging_loss_is_one_clear_error(digits16, clip, advice, flags):
+    """The library names its arguments; the command line shows the same advice with its flags."""
     trainer = _trainer(digits16, epochs=1, lr=1e30, warmup_epochs=0, clip_grad=clip)
     with pytest.raises(ValueError, match=r"the loss became (nan|inf) at epoch 1, step \d") as err:
         for epoch in range(3):
             trainer.train_one_epoch(epoch)
     assert str(err.value).endswith(advice)
+    assert cli_message(err.value).endswith(flags) and cli_message(err.value).startswith("the loss became")
 
 
 def test_bf16_gradients_match_fp32(digits16):
@@ -218,12 +224,16 @@ def test_skipped_steps_are_counted_and_too_many_end_the_run(digits16, tmp_path, 
     with pytest.raises(ValueError) as err:
         trainer.train_one_epoch(0)
     assert str(err.value) == ("the gradient norm was not finite for 3 steps in a row (up to epoch 1, step 3); "
-                              "lower --lr, set --clip-grad or train without --amp")
+                              "lower lr, set clip_grad or train without amp")
+    assert cli_message(err.value) == ("the gradient norm was not finite for 3 steps in a row (up to epoch 1, "
+                                      "step 3); lower --lr, set --clip-grad or train without --amp")
 
 
 def test_sync_bn_needs_cuda_under_ddp(digits16):
-    with pytest.raises(ValueError, match="^--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernels"):
+    message = "^sync_bn=True needs CUDA devices: torch's SyncBatchNorm has no CPU kernels"
+    with pytest.raises(ValueError, match=message) as e:
         _trainer(digits16, sync_bn=True, dist=DistInfo(rank=0, world_size=2))
+    assert cli_message(e.value).startswith("--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernels")
     one = _trainer(digits16, sync_bn=True)  # one process: nothing to synchronise, plain BatchNorm
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in one.model.modules())
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import cspnet
+from cspnet.bench.profile import profile
 from cspnet.cli import main as cli
 from cspnet.models import get_config, get_entry
 from cspnet.models.config import from_dict, to_dict
-from cspnet.tools.profile import profile
 
 WITH_REFERENCE = [n for n in cspnet.list_models() if getattr(get_entry(n).cfg, "reference", None) is not None]
 TINY = cspnet.list_models("*tiny")

@@ -2,8 +2,10 @@
 
 A verb module defines ``add_parser(subparsers)`` which registers its sub-parser and sets
 ``func=run`` with ``run(args) -> int``. Any ValueError/OSError raised by a verb is printed as one
-line (``cspnet <verb>: error: ...``) with exit status 2, never as a traceback. A reader that
-closes the pipe early (``cspnet list | head -1``) ends the command quietly.
+line (``cspnet <verb>: error: ...``) with exit status 2, never as a traceback; an
+:class:`~cspnet.errors.OptionError` names the command line's flags (``--label-smoothing 1.5``), not
+the library's arguments. A reader that closes the pipe early (``cspnet list | head -1``) ends the
+command quietly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import importlib
 import os
 import sys
 
+from .commands.args import flag_for, one_line_errors
+from .errors import OptionError, first_line
+
 # verb -> module under cspnet.commands
 COMMANDS = {
     "list": "zoo",
@@ -20,10 +25,11 @@ COMMANDS = {
     "convert": "convert",
     "bench": "bench",
     "export": "export",
-    "train": "train",
-    "val": "train",
-    "predict": "train",
+    "train": "driver",
+    "val": "driver",
+    "predict": "driver",
 }
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         if module not in seen:
             seen.add(module)
             importlib.import_module(f"cspnet.commands.{module}").add_parser(sub)
-    from .commands.args import one_line_errors
-
     for p in (parser, *sub.choices.values()):
         one_line_errors(p)
     return parser
@@ -71,9 +75,18 @@ def _run(argv: list[str] | None) -> int:
     except BrokenPipeError:
         raise
     except (ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"cspnet {args.command}: error: {msg}", file=sys.stderr)
+        print(f"cspnet {args.command}: error: {cli_message(e)}", file=sys.stderr)
         return 2
+
+
+def cli_message(e: BaseException) -> str:
+    """The one line the command line shows for an error: an OptionError with its flags."""
+    return first_line(e.render(_as_flag) if isinstance(e, OptionError) else e)
+
+
+def _as_flag(name: str, value, shown: str) -> str:
+    flag = flag_for(name)
+    return f"{flag} {shown}" if shown and not isinstance(value, bool) else flag  # a switch is its flag alone
 
 
 if __name__ == "__main__":

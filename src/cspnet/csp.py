@@ -70,6 +70,7 @@ class CrossStagePartial(nn.Module):
             ``"two_conv"``: two 1x1 convs, one per part (the official darknet cfgs);
             ``"slice"``: split the base channels directly, no conv (CSPPeleeNet, CSPDenseNet).
         hidden_chs: width of the concatenation (both parts); default ``out_chs`` (``in`` for slice).
+            In a plain stage (``fusion="none"``): the width its blocks run at (default: the base width).
         block_in_chs: ``split="two_conv"`` only: width given to the block path when it differs from
             the block width (darknet ``csresnext50.cfg`` layers 2-8: a 64-ch block input widened to
             128 by the first block, whose shortcut is then partial).
@@ -80,13 +81,19 @@ class CrossStagePartial(nn.Module):
             ``csresnext50.cfg`` stages 2-3 use ``"linear"`` there: timm's ``cross_linear``).
         concat: ``"bypass_first"`` (paper Eq. 3, timm ``CrossStage``) or ``"blocks_first"``
             (darknet ``[route] layers=-1,-N``, timm ``CrossStage3``, ultralytics C3).
-        transition: ``fusion="none"`` only: ``"auto"`` adds a 1x1 transition when the blocks' width
-            differs from ``out_chs``; ``"always"`` (PeleeNet's width-keeping transition), ``"never"``.
+        transition: the plain stage's transition (``fusion="none"``): ``"auto"`` adds a 1x1
+            transition when the blocks' width differs from ``out_chs``; ``"always"`` (PeleeNet's
+            width-keeping transition), ``"never"``. A CSP stage's transitions follow ``fusion``.
         pool: a down-sampling module that closes the stage (DenseNet/PeleeNet transition pooling).
         pool_position: ``"end"`` (after the transition) or ``"before_transition"`` (after the
             concat, so the final 1x1 runs at a quarter of the cost).
         preact: the 1x1 convs the stage adds are BN -> act -> conv (DenseNet-BC) instead of
             conv -> BN -> act.
+
+    The settings of one form have no effect on the other (a plain stage has no split: ``gamma``,
+    ``split``, ``concat``, ``split_act``, ``block_in_chs``, ``transition_chs``; a CSP stage ignores
+    ``transition``), so a model family builds both forms of a stage with one call and an A/B
+    comparison changes ``fusion`` alone.
 
     Example:
         >>> from torch import nn
@@ -151,10 +158,9 @@ class CrossStagePartial(nn.Module):
             self.down = nn.Identity()
 
         if self.fusion == "none":
-            self._init_single_path(base_chs, out_chs, make_blocks, block_chs, unit, act, transition, pool)
+            self._init_single_path(base_chs, out_chs, make_blocks, block_chs or hidden_chs, unit, act, transition,
+                                   pool)
             return
-        if transition != "auto":
-            raise ValueError(f"transition={transition!r} only applies to fusion='none'")
 
         # split
         if hidden_chs is None:
@@ -223,12 +229,12 @@ class CrossStagePartial(nn.Module):
     @property
     def output_unit(self) -> str | None:
         """The attribute holding the conv whose output is the stage's output, if any (what
-        :func:`cspnet.tools.fuse.presplit_slices` may cut in two for the next stage)."""
+        :func:`cspnet.inference.fuse.presplit_slices` may cut in two for the next stage)."""
         last_is_transition = self.pool_position == "before_transition" or isinstance(self.pool, nn.Identity)
         return "transition" if last_is_transition and not isinstance(self.transition, nn.Identity) else None
 
     def _split(self, x):
-        if isinstance(x, tuple):  # already split by the conv that produced it (tools.fuse.presplit_slices)
+        if isinstance(x, tuple):  # already split by the conv that produced it (inference.fuse.presplit_slices)
             return x
         if self.split_mode == "two_conv":
             return self.split_bypass(x), self.split_blocks(x)

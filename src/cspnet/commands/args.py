@@ -1,4 +1,4 @@
-"""argparse types that reject bad values with one clear line."""
+"""argparse types that reject bad values with one clear line, and the flag a library argument has."""
 
 from __future__ import annotations
 
@@ -47,3 +47,12 @@ def one_line_errors(parser: argparse.ArgumentParser) -> None:
         parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
 
     parser.error = error
+
+
+# library argument -> flag, where the flag is not the argument's name with dashes
+FLAGS = {"progress": "--quiet", "model_args": "--set"}
+
+
+def flag_for(name: str) -> str:
+    """The command line's flag for a library argument (``label_smoothing`` -> ``--label-smoothing``)."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))

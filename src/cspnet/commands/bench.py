@@ -9,7 +9,7 @@ from .args import positive_int
 
 
 def add_parser(sub) -> None:
-    from ..tools.bench import ENGINES
+    from ..bench.engines import ENGINES
 
     p = sub.add_parser(
         "bench",
@@ -40,8 +40,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..tools.checkpoint import atomic_write_bytes
-    from ..tools.export import check_output_path
+    from ..checkpoint import atomic_write_bytes
+    from ..inference.export import check_output_path
 
     for out, suffix in ((args.output, {"md": ".md", "csv": ".csv", "json": ".json"}[args.format]),
                         (args.plot, ".png")):
@@ -50,7 +50,7 @@ def run(args) -> int:
     if args.plot and not args.pairs:
         raise ValueError("--plot goes with --pairs")
     if args.pairs:
-        from ..tools.pairs import format_pairs, plot_pairs, run_pairs
+        from ..bench import format_pairs, plot_pairs, run_pairs
 
         if args.models:
             raise ValueError("--pairs takes no MODEL: it benchmarks the paper's pairs")
@@ -60,7 +60,7 @@ def run(args) -> int:
         if args.plot:
             plot_pairs(result, Path(args.plot))
     else:
-        from ..tools.bench import format_result, run_bench
+        from ..bench import format_result, run_bench
 
         if not args.models:
             raise ValueError("name at least one MODEL (see `cspnet list`), or use --pairs")

@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..tools.checkpoint import load_state_dict_file, save_checkpoint
-    from ..weights import check_timm_name, from_timm, save_converted
+    from ..checkpoint import load_state_dict_file
+    from ..convert import build_for, check_timm_name, from_timm, save_converted, to_native_model
 
     first, second, out = args.inputs
     if args.source == "timm":
@@ -31,17 +31,12 @@ def run(args) -> int:
     if not out_path.parent.exists() and str(out_path.parent):
         raise ValueError(f"{out}: directory {out_path.parent} does not exist")
     if args.source == "timm":
-        state = load_state_dict_file(second)
-        name, native = from_timm(state, first)
-        source = f"timm:{first}:{Path(second).name}"
-        save_converted(name, native, out_path, source)
+        name, native = from_timm(load_state_dict_file(second), first)
+        model = build_for(name, native)
     else:
-        from ..darknet.native import to_native_model
-
         model = to_native_model(first, second, args.model)  # carries any act= override in its config
         name, native = model.model_name, model.state_dict()
-        source = f"darknet:{Path(first).name}:{Path(second).name}"
-        save_checkpoint(model, out_path, extra={"converted_from": source})
+    save_converted(model, native, out_path, f"{args.source}:{Path(first).name}:{Path(second).name}")
     print(f"wrote {out_path} ({name}, {len(native)} tensors)")
     print(f"load it with cspnet.create_model(checkpoint={str(out_path)!r})")
     return 0

@@ -8,7 +8,7 @@ from .args import positive_float, positive_int
 
 
 def add_parser(sub) -> None:
-    from ..tools.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from ..inference.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
     p = sub.add_parser(
         "export",
@@ -34,15 +34,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from ..tools.export import check_opset, check_output_path, export_onnx
-    from ..tools.modelspec import check_img_size, default_img_size, load_model
+    from ..inference.export import check_opset, check_output_path, export_onnx
+    from ..models.spec import check_img_size, default_img_size, input_channels, load_model
 
     check_opset(args.opset)  # cheap checks first: no model is built for a bad command line
     check_output_path(args.output)
     model = load_model(args.model, args.checkpoint, args.num_classes)
     size = check_img_size(model, args.img_size or default_img_size(model))
-    in_chans = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
-    x = torch.randn(args.batch_size, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(args.batch_size, input_channels(model), size, size, generator=torch.Generator().manual_seed(0))
     result = export_onnx(model, x, args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
                          simplify=args.simplify, tol=args.tol)
     print(result.summary())

@@ -35,9 +35,9 @@ def run_list(args) -> int:
 
 
 def run_info(args) -> int:
+    from ..bench.profile import profile
     from ..models import create_model, get_entry
-    from ..tools.modelspec import check_img_size
-    from ..tools.profile import profile
+    from ..models.spec import check_img_size
 
     if args.cfg is not None:
         if args.model is not None:

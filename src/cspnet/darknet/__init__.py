@@ -1,10 +1,10 @@
-"""Darknet interop: run the official CSPNet .cfg/.weights files, inspect them, and move their
-weights into the native models.
+"""Darknet interop: run the official CSPNet .cfg/.weights files and inspect them (their weights go
+onto the native models with :mod:`cspnet.convert`).
 
     net = cspnet.darknet.build(cspnet.darknet.parse_cfg("csresnext50.cfg"))
     cspnet.darknet.load_weights(net, "csresnext50.weights")
     print(cspnet.darknet.describe("csresnext50.cfg"))
-    name, state = cspnet.darknet.to_native("csresnext50.cfg", "csresnext50.weights")
+    name, state = cspnet.convert.to_native("csresnext50.cfg", "csresnext50.weights")  # onto the native model
 
 A detector cfg's network returns its ``[yolo]`` heads' raw outputs; decode them with
 ``cspnet.detection.detect(outputs, net.heads, img_size)``.
@@ -13,7 +13,6 @@ A detector cfg's network returns its ``[yolo]`` heads' raw outputs; decode them 
 from .cfg import Cfg, Section, parse_cfg, parse_text
 from .describe import describe, summary
 from .errors import CfgError, WeightsError
-from .native import NativeMatch, match_native, to_native, to_native_model
 from .network import DarknetNet, LayerInfo, build
 from .weights import count_weights, load_weights, randomize, save_weights
 
@@ -22,19 +21,15 @@ __all__ = [
     "CfgError",
     "DarknetNet",
     "LayerInfo",
-    "NativeMatch",
     "Section",
     "WeightsError",
     "build",
     "count_weights",
     "describe",
     "load_weights",
-    "match_native",
     "parse_cfg",
     "parse_text",
     "randomize",
     "save_weights",
     "summary",
-    "to_native",
-    "to_native_model",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..tools.checkpoint import atomic_write_bytes
+from ..checkpoint import atomic_write_bytes
 from .errors import WeightsError, read_bytes
 from .layers import Connected, Convolutional
 from .network import DarknetNet

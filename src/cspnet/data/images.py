@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import first_line
+
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
@@ -27,8 +29,7 @@ def open_image(path: str | Path) -> Image.Image:
             img = Image.open(path)
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UnreadableImage(f"{path}: not a readable image ({reason}); replace or delete the file") from None
+        raise UnreadableImage(f"{path}: not a readable image ({first_line(e)}); replace or delete the file") from None
     return img
 
 

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import first_line
 from .images import is_grey, open_image
 
 SPEC_HELP = (
-    "--data takes an ImageFolder directory (train/ and val/ subfolders), a CIFAR python-batches "
+    "classification data is an ImageFolder directory (train/ and val/ subfolders), a CIFAR python-batches "
     "directory, torchvision:NAME:ROOT or builtin"
 )
 SMALL_SIDE = 64  # images up to this size are treated as thumbnails (MNIST, CIFAR, digits)
@@ -324,7 +325,7 @@ def _tv_split(cls, name, root, spec, train: bool):
         try:
             return cls(root=root, **kwargs)
         except (RuntimeError, OSError, ValueError) as e:
-            error = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            error = first_line(e)
     raise ValueError(
         f"{spec}: torchvision.datasets.{name}(root={root!r}) cannot load its files ({error}); "
         "cspnet never downloads: put the files where that class looks for them"

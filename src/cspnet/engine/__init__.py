@@ -3,10 +3,10 @@
 channels-last, gradient clipping, seeding, atomic checkpoints with exact resume, CSV/PNG/TensorBoard
 logs and DistributedDataParallel under torchrun."""
 
-from .checkpoints import STATE_FILE, load_state, read_run_meta, resolve_checkpoint, save_weights
 from .distributed import DistInfo, init_distributed, shutdown
 from .ema import ModelEMA
 from .optim import WarmupCosine, build_optimizer, build_scheduler
+from .rundir import STATE_FILE, load_state, resolve_checkpoint, save_weights
 from .tasks import ClassificationTask, Task
 from .trainer import TrainConfig, Trainer, eval_loader, evaluate
 
@@ -25,7 +25,6 @@ __all__ = [
     "evaluate",
     "init_distributed",
     "load_state",
-    "read_run_meta",
     "resolve_checkpoint",
     "save_weights",
     "shutdown",

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,14 +35,14 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise OptionError("{device} is not a device; use auto, cpu, cuda or cuda:N", device=name) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+            raise OptionError("{device}: this machine has no CUDA device; use cpu", device=name)
         if device.index is None:
             device = torch.device("cuda", local_rank)
     elif device.type != "cpu":
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+        raise OptionError("{device}: only cpu and cuda are supported", device=name)
     return device
 
 

@@ -7,10 +7,18 @@ import math
 import torch
 from torch import nn
 
+from ..errors import OptionError
+
 OPTIMIZERS = ("sgd", "adamw")
 # learning rate for a global batch of 256; scaled linearly with the batch (Goyal et al., 2017)
 BASE_LR = {"sgd": 0.2, "adamw": 2e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+
+
+def check_optimizer(name: str) -> str:
+    if name not in OPTIMIZERS:
+        raise OptionError(f"{{optimizer}} is not allowed; choose one of {', '.join(OPTIMIZERS)}", optimizer=name)
+    return name
 
 
 def default_lr(optimizer: str, batch_size: int) -> float:
@@ -28,11 +36,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
     groups = param_groups(model, weight_decay)
-    if name == "sgd":
+    if check_optimizer(name) == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"--optimizer {name!r} is not allowed; choose one of {', '.join(OPTIMIZERS)}")
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 class WarmupCosine:

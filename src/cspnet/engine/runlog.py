@@ -7,7 +7,8 @@ import csv
 import io
 from pathlib import Path
 
-from ..tools.checkpoint import atomic_write_bytes
+from ..checkpoint import atomic_write_bytes
+from ..plots import pyplot, save_figure
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -30,11 +31,7 @@ def _fmt(v):
 
 def plot_curves(path: Path, rows: list[dict], panels: dict[str, list[str]], title: str = "") -> None:
     """One panel per entry of ``panels`` (title -> columns), epochs on the x axis; atomic PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = {t: [c for c in cols if any(c in r for r in rows)] for t, cols in panels.items()}
     panels = {t: cols for t, cols in panels.items() if cols}
     if not rows or not panels:
@@ -51,11 +48,7 @@ def plot_curves(path: Path, rows: list[dict], panels: dict[str, list[str]], titl
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 class TensorBoard:

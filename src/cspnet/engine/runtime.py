@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import OptionError
+
 AMP_CHOICES = ("none", "auto", "bf16", "fp16")
 
 
@@ -40,14 +42,14 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp in (None, "none"):
         return None
     if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp {amp!r} is not allowed; choose one of {', '.join(AMP_CHOICES)}")
+        raise OptionError(f"{{amp}} is not allowed; choose one of {', '.join(AMP_CHOICES)}", amp=amp)
     if device.type == "cpu":
         if amp == "fp16":
-            raise ValueError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16")
+            raise OptionError("{amp} needs a CUDA device; on the CPU use bf16", amp="fp16")
         return torch.bfloat16
     if amp == "bf16":
         if not torch.cuda.is_bf16_supported():
-            raise ValueError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16; use --amp fp16")
+            raise OptionError(f"{{amp}}: {torch.cuda.get_device_name(device)} has no bf16; use fp16", amp="bf16")
         return torch.bfloat16
     return torch.float16
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import OptionError
 from .distributed import DistInfo, all_reduce_sum
 
 
@@ -50,7 +51,7 @@ class ClassificationTask:
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0):
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing {label_smoothing} must lie in [0, 1)")
+            raise OptionError("{label_smoothing} must lie in [0, 1)", label_smoothing=label_smoothing)
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
 

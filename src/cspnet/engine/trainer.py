@@ -22,10 +22,12 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoints import STATE_FILE, atomic_write_json, save_state, save_weights
+from ..checkpoint import atomic_write_json
+from ..errors import NAME_ONLY, OptionError
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, average_buffers, barrier
 from .ema import ModelEMA
-from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, build_scheduler, default_lr
+from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, build_scheduler, check_optimizer, default_lr
+from .rundir import BEST, LAST, STATE_FILE, save_state, save_weights
 from .runlog import TensorBoard, plot_curves, write_csv
 from .runtime import (
     Fp32NarrowConvs,
@@ -51,7 +53,7 @@ class TrainConfig:
     """Options of a training run (``lr``/``weight_decay`` None: the optimizer's default, with the
     learning rate scaled linearly from a batch of 256)."""
 
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 64
     lr: float | None = None
     optimizer: str = "sgd"
@@ -70,8 +72,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.optimizer not in DEFAULT_WEIGHT_DECAY:
-            raise ValueError(f"--optimizer {self.optimizer!r} is not allowed; choose sgd or adamw")
+        check_optimizer(self.optimizer)
+        if not 0.0 < self.ema_decay < 1.0:
+            raise OptionError("{ema_decay} must lie strictly between 0 and 1", ema_decay=self.ema_decay)
         if self.lr is None:
             self.lr = default_lr(self.optimizer, self.batch_size)
         if self.weight_decay is None:
@@ -150,13 +153,13 @@ class Trainer:
 
         world = self.dist.world_size
         if cfg.batch_size % world:
-            raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
+            raise OptionError(f"{{batch_size}} must be a multiple of the {world} processes", batch_size=cfg.batch_size)
         per_rank = cfg.batch_size // world
         if cfg.sync_bn and self.dist.enabled:
             if self.device.type != "cuda":
-                raise ValueError(
-                    "--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernels; "
-                    "drop it (each process then normalises over its share of the batch)"
+                raise OptionError(
+                    "{sync_bn} needs CUDA devices: torch's SyncBatchNorm has no CPU kernels; "
+                    "drop it (each process then normalises over its share of the batch)", sync_bn=True,
                 )
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
@@ -179,9 +182,9 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise OptionError(
                 f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
-                "lower --batch-size"
+                "lower {batch_size}", batch_size=NAME_ONLY,
             )
         self.val_loader = eval_loader(val_set, per_rank, cfg.workers, collate_fn, self.dist)
 
@@ -230,7 +233,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise ValueError("the saved run has no EMA weights; resume it without --ema")
+                raise OptionError("the saved run has no EMA weights; resume it without {ema}", ema=NAME_ONLY)
             self.ema.load_state_dict(state["ema"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -303,7 +306,7 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             loss = self.task.loss(self.net, inputs, targets)
         if not torch.isfinite(loss):
-            raise ValueError(f"the loss became {loss.item()} at {self._where()}; {self._advice()}")
+            raise self._diverged(f"the loss became {loss.item()} at {self._where()}")
         self.optimizer.zero_grad(set_to_none=True)
         if self._backward_step(loss) is None:
             self._bad_step(loss)
@@ -342,8 +345,8 @@ class Trainer:
         self.skipped_steps += 1
         self._bad_in_a_row += 1
         if self._bad_in_a_row >= MAX_CONSECUTIVE_BAD_STEPS:
-            raise ValueError(f"the gradient norm was not finite for {self._bad_in_a_row} steps in a row "
-                             f"(up to {self._where()}); {self._advice()}")
+            raise self._diverged(f"the gradient norm was not finite for {self._bad_in_a_row} steps in a row "
+                                 f"(up to {self._where()})")
         if not self._warned_bad_step:
             self._warned_bad_step = True
             self.log(f"warning: the gradient norm was not finite at {self._where()} (loss {loss.item():.4g}); "
@@ -354,16 +357,20 @@ class Trainer:
         step = self.scheduler.last_epoch - self.epoch * self.steps_per_epoch + 1
         return f"epoch {self.epoch + 1}, step {step}"
 
-    def _advice(self) -> str:
-        tips = ["lower --lr"]
+    def _diverged(self, what: str) -> OptionError:
+        """``what`` went wrong, with the options that would help."""
+        tips, names = ["lower {lr}"], {"lr": NAME_ONLY}
         if self.cfg.clip_grad <= 0:
-            tips.append("set --clip-grad")
+            tips.append("set {clip_grad}")
+            names["clip_grad"] = NAME_ONLY
         if self.amp_dtype is not None:
-            tips.append("train without --amp")
+            tips.append("train without {amp}")
+            names["amp"] = NAME_ONLY
         advice = tips[0] if len(tips) == 1 else ", ".join(tips[:-1]) + " or " + tips[-1]
         if self.cfg.clip_grad > 0:
-            advice += f" (gradients are already clipped at --clip-grad {self.cfg.clip_grad:g})"
-        return advice
+            advice += " (gradients are already clipped at {clip_grad})"
+            names["clip_grad"] = self.cfg.clip_grad
+        return OptionError(what.replace("{", "{{").replace("}", "}}") + "; " + advice, **names)
 
     @property
     def lr(self) -> float:
@@ -429,9 +436,9 @@ class Trainer:
     def _save(self, metrics: dict, improved: bool, args: dict | None) -> None:
         extra = dict(self.extra, epoch=self.epoch, task=self.task.name,
                      metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        save_weights(self.eval_model, self.run_dir / "last.safetensors", extra)
+        save_weights(self.eval_model, self.run_dir / LAST, extra)
         if improved:
-            save_weights(self.eval_model, self.run_dir / "best.safetensors", extra)
+            save_weights(self.eval_model, self.run_dir / BEST, extra)
         write_csv(self.run_dir / "results.csv", self.history)
         self.tensorboard.log(self.history[-1], self.epoch)
         save_state(self.run_dir / STATE_FILE, self.state_dict(args))

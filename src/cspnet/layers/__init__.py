@@ -3,9 +3,11 @@
 from .activations import ACTIVATIONS, check_act, make_act
 from .conv import BnActConv, ConvBnAct
 from .dense import DenseBlock, DenseLayer
+from .fold import count_batchnorms, fold_batchnorms
+from .pelee import StemBlock, TwoWayDenseLayer, two_way_dense_block
 from .pooling import AvgPool2x2, ClassifierHead, DarknetMaxPool
 from .shortcut import partial_add
-from .stem import ConvPoolStem
+from .stem import ConvPoolStem, PoolConv
 
 __all__ = [
     "ACTIVATIONS",
@@ -17,7 +19,13 @@ __all__ = [
     "DenseBlock",
     "DenseLayer",
     "DarknetMaxPool",
+    "PoolConv",
+    "StemBlock",
+    "TwoWayDenseLayer",
     "check_act",
+    "count_batchnorms",
+    "fold_batchnorms",
     "make_act",
     "partial_add",
+    "two_way_dense_block",
 ]

@@ -22,3 +22,14 @@ class ConvPoolStem(nn.Sequential):
         self.conv = ConvBnAct(in_chans, chs, 7, 2, act=act)
         self.pool = DarknetMaxPool(2, 2) if kind == "darknet" else nn.MaxPool2d(3, 2, 1)
         self.out_chs = chs
+
+
+class PoolConv(nn.Sequential):
+    """2x2/2 max-pool then a 3x3 conv: one stage of the Darknet Reference model (``darknet.cfg``),
+    and the second half of the "Ref." backbones' stem."""
+
+    def __init__(self, in_chs: int, out_chs: int, act: str):
+        super().__init__()
+        self.pool = DarknetMaxPool(2, 2)
+        self.conv = ConvBnAct(in_chs, out_chs, 3, act=act)
+        self.out_chs = out_chs

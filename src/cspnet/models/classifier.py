@@ -5,14 +5,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ClassifierHead
+from ..layers import ClassifierHead, fold_batchnorms
+from .config import to_dict
+
+
+def checkpoint_meta(model: nn.Module) -> dict:
+    """What a checkpoint records so that ``create_model(checkpoint=...)`` rebuilds ``model``:
+    its registered name, config, class count and input channels (those it has)."""
+    meta = {"model": model.model_name, "config": to_dict(model.cfg) if model.cfg is not None else None,
+            "num_classes": getattr(model, "num_classes", None), "in_chans": model.in_chans}
+    return {k: v for k, v in meta.items() if v is not None}
 
 
 class Classifier(nn.Module):
     """stem, a sequence of stages, an optional final norm, and a pooled linear head.
 
     ``feature_info`` lists one dict per feature level (the stem, then each stage) with
-    ``num_chs``, ``reduction`` and ``module``, as timm does.
+    ``num_chs``, ``reduction`` and ``module``, as timm does; ``feature_levels()`` gives the modules
+    themselves, the chain that inference rewrites (:func:`cspnet.inference.fuse.presplit_slices`)
+    follow. ``in_chans`` is recorded by :func:`cspnet.create_model`.
     """
 
     def __init__(
@@ -35,6 +46,10 @@ class Classifier(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, fc_first=fc_first, drop_rate=drop_rate)
         self.model_name: str | None = None
         self.cfg = None
+        self.in_chans: int | None = None
+
+    def checkpoint_meta(self) -> dict:
+        return checkpoint_meta(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(self.stages(self.stem(x)))
@@ -56,18 +71,20 @@ class Classifier(nn.Module):
 
     def fuse(self) -> Classifier:
         """Fold BatchNorm into the convolutions for inference (in place, eval mode); see
-        :func:`cspnet.tools.fuse.fuse`."""
-        from ..tools.fuse import fuse
-
-        return fuse(self)
+        :func:`cspnet.layers.fold_batchnorms`."""
+        return fold_batchnorms(self)
 
     def feature_levels(self) -> list[nn.Module]:
-        """The module producing each feature level, in ``feature_info`` order."""
+        """The module producing each feature level, in ``feature_info`` order; each one's output is
+        the next one's only input."""
         return [self.stem, *self.stages]
 
 
 class FeatureExtractor(nn.Module):
-    """``features_only=True``: returns the feature maps at ``out_indices`` (stem = 0)."""
+    """``features_only=True``: returns the feature maps at ``out_indices`` (stem = 0).
+
+    ``feature_levels()`` is the chain as in :class:`Classifier`; the outputs of the levels in
+    ``out_indices`` also leave it."""
 
     def __init__(self, model: Classifier, out_indices: tuple[int, ...] | None = None):
         super().__init__()
@@ -84,7 +101,13 @@ class FeatureExtractor(nn.Module):
         last = max(self.out_indices)
         self.stages = nn.Sequential(*list(model.stages)[:last])
         self.feature_info = [model.feature_info[i] for i in self.out_indices]
-        self.model_name, self.cfg = model.model_name, model.cfg
+        self.model_name, self.cfg, self.in_chans = model.model_name, model.cfg, model.in_chans
+
+    def feature_levels(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def checkpoint_meta(self) -> dict:
+        return checkpoint_meta(self)
 
     def channels(self) -> list[int]:
         return [f["num_chs"] for f in self.feature_info]

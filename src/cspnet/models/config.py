@@ -113,7 +113,7 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
     return cfg
 
 
-def round_channels(chs: float, divisor: int = 8) -> int:
+def _round_channels(chs: float, divisor: int = 8) -> int:
     """Round a scaled width to a multiple of ``divisor`` (at least ``divisor``)."""
     return max(divisor, int(math.ceil(chs / divisor - 1e-9)) * divisor)
 
@@ -126,7 +126,7 @@ def scale_stages(stages, width: float, depth: float, divisor: int = 8, chs_field
         for name in chs_fields:
             value = getattr(st, name)
             if value:
-                changes[name] = round_channels(value * width, divisor)
+                changes[name] = _round_channels(value * width, divisor)
         out.append(replace(st, **changes))
     return tuple(out)
 
@@ -136,7 +136,6 @@ __all__ = [
     "apply_overrides",
     "config_type",
     "from_dict",
-    "round_channels",
     "scale_stages",
     "to_dict",
 ]

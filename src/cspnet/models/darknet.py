@@ -8,9 +8,10 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from ..csp import BlockStack, CrossStagePartial
-from ..layers import ConvBnAct, DarknetMaxPool, partial_add
+from ..layers import ConvBnAct, PoolConv, partial_add
 from .classifier import Classifier, stage_feature_info
 from .config import Reference, config_type
+from .stages import chain_stages
 
 
 class DarkBlock(nn.Module):
@@ -54,27 +55,20 @@ class DarknetCfg:
 
 
 def build_darknet(cfg: DarknetCfg, num_classes: int = 1000, in_chans: int = 3) -> Classifier:
-    stem = ConvBnAct(in_chans, cfg.stem_chs, 3, act=cfg.act)
-    prev, stages, levels = cfg.stem_chs, [], []
-    for st in cfg.stages:
-        hidden = int(round(st.out_chs * st.expand_ratio))
-
-        def make_blocks(chs, in_chs=None, st=st):
+    def make_stage(i, st, in_chs):
+        def make_blocks(chs, in_chs=None):
             mid = max(1, int(round(chs * st.bottle_ratio)))
             return BlockStack(lambda i, cin, cout: DarkBlock(cin, cout, mid, cfg.act), chs, st.depth, in_chs)
 
-        common = dict(stride=st.stride, down_chs=st.out_chs, gamma=st.gamma, fusion=st.fusion, act=cfg.act)
-        if st.fusion == "none":
-            stage = CrossStagePartial(prev, st.out_chs, make_blocks, block_chs=hidden, **common)
-        else:
-            stage = CrossStagePartial(
-                prev, st.out_chs, make_blocks, split=cfg.split, concat=cfg.concat, hidden_chs=hidden, **common
-            )
-        stages.append(stage)
-        levels.append((st.out_chs, st.stride))
-        prev = st.out_chs
-    info = stage_feature_info(cfg.stem_chs, 1, levels)
-    return Classifier(stem, stages, info, num_classes, drop_rate=cfg.drop_rate)
+        stage = CrossStagePartial(
+            in_chs, st.out_chs, make_blocks, stride=st.stride, down_chs=st.out_chs, gamma=st.gamma,
+            fusion=st.fusion, split=cfg.split, concat=cfg.concat, hidden_chs=int(round(st.out_chs * st.expand_ratio)),
+            act=cfg.act,
+        )
+        return stage, st.stride
+
+    stem = ConvBnAct(in_chans, cfg.stem_chs, 3, act=cfg.act)
+    return chain_stages(stem, 1, cfg.stages, make_stage, num_classes, drop_rate=cfg.drop_rate)
 
 
 @config_type
@@ -87,16 +81,6 @@ class DarknetRefCfg:
     act: str = "leaky"
     drop_rate: float = 0.0
     reference: Reference | None = None
-
-
-class PoolConv(nn.Sequential):
-    """2x2/2 max-pool then a 3x3 conv: one stage of the Darknet Reference model."""
-
-    def __init__(self, in_chs: int, out_chs: int, act: str):
-        super().__init__()
-        self.pool = DarknetMaxPool(2, 2)
-        self.conv = ConvBnAct(in_chs, out_chs, 3, act=act)
-        self.out_chs = out_chs
 
 
 def build_darknet_ref(cfg: DarknetRefCfg, num_classes: int = 1000, in_chans: int = 3) -> Classifier:

@@ -17,9 +17,9 @@ from torch import nn
 
 from ..csp import CrossStagePartial
 from ..layers import AvgPool2x2, ConvPoolStem, DarknetMaxPool, DenseBlock, make_act
-from .classifier import Classifier, stage_feature_info
+from .classifier import Classifier
 from .config import Reference, config_type
-from .peleenet import check_csp_row, check_csp_stages
+from .stages import chain_stages
 
 
 class ElasticDenseLayer(nn.Module):
@@ -116,40 +116,31 @@ def _pool(kind: str) -> nn.Module:
 def build_densenet(cfg: DenseNetCfg, num_classes: int = 1000, in_chans: int = 3) -> Classifier:
     if cfg.layer not in ("dense", "elastic"):
         raise ValueError(f"layer={cfg.layer!r} is not allowed; choose 'dense' or 'elastic'")
-    if cfg.csp_stages is not None:
-        check_csp_stages(cfg.csp_stages, len(cfg.stages))
-    stem = ConvPoolStem(in_chans, cfg.stem_chs, cfg.stem, cfg.act)
-    prev, stages, levels = cfg.stem_chs, [], []
-    for i, st in enumerate(cfg.stages):
-        check_csp_row(i, st.gamma, st.fusion)
 
-        def make_blocks(chs, st=st):
+    def make_stage(i, st, in_chs):
+        def make_blocks(chs):
             layer_fn = None
             if cfg.layer == "elastic":
-                def layer_fn(c, st=st):
+                def layer_fn(c):
                     return ElasticDenseLayer(c, cfg.growth, cfg.bottleneck_chs, cfg.act, st.elastic)
             return DenseBlock(
                 chs, st.depth, cfg.growth, cfg.bottleneck_chs, cfg.act, cfg.preact, cfg.new_first, layer_fn
             )
 
-        out = st.out_chs if st.out_chs is not None else prev + st.depth * cfg.growth
-        common = dict(
-            gamma=st.gamma, fusion=st.fusion, act=cfg.act, preact=cfg.preact,
+        out = st.out_chs if st.out_chs is not None else in_chs + st.depth * cfg.growth
+        stage = CrossStagePartial(
+            in_chs, out, make_blocks, gamma=st.gamma, fusion=st.fusion, split=cfg.split, concat=cfg.concat,
+            transition="always" if st.out_chs is not None else "never", act=cfg.act, preact=cfg.preact,
             pool=_pool(cfg.transition_pool) if st.pool else None, pool_position=cfg.pool_position,
         )
-        if st.fusion == "none":
-            transition = "always" if st.out_chs is not None else "never"
-            stage = CrossStagePartial(prev, out, make_blocks, transition=transition, **common)
-        else:
-            stage = CrossStagePartial(prev, out, make_blocks, split=cfg.split, concat=cfg.concat, **common)
-        stages.append(stage)
-        levels.append((out, 2 if st.pool else 1))
-        prev = out
-    final = None
-    if cfg.final_norm:
-        final = nn.Sequential(OrderedDict(bn=nn.BatchNorm2d(prev), act=make_act(cfg.act)))
-    info = stage_feature_info(cfg.stem_chs, 4, levels)
-    return Classifier(stem, stages, info, num_classes, fc_first=cfg.fc_first, final=final, drop_rate=cfg.drop_rate)
+        return stage, 2 if st.pool else 1
+
+    def make_final(width):
+        return nn.Sequential(OrderedDict(bn=nn.BatchNorm2d(width), act=make_act(cfg.act)))
+
+    stem = ConvPoolStem(in_chans, cfg.stem_chs, cfg.stem, cfg.act)
+    return chain_stages(stem, 4, cfg.stages, make_stage, num_classes, cfg.csp_stages,
+                        make_final if cfg.final_norm else None, fc_first=cfg.fc_first, drop_rate=cfg.drop_rate)
 
 
 _D201 = (6, 12, 48, 32)

@@ -15,73 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-from torch import nn
-
-from ..csp import FUSIONS, POOL_POSITIONS, CrossStagePartial
-from ..layers import AvgPool2x2, ConvBnAct, DarknetMaxPool, DenseBlock
-from .classifier import Classifier, stage_feature_info
+from ..csp import POOL_POSITIONS, CrossStagePartial
+from ..layers import AvgPool2x2, StemBlock, two_way_dense_block
+from .classifier import Classifier
 from .config import Reference, config_type
-
-
-class StemBlock(nn.Module):
-    """3x3/2 conv, then [2x2/2 max-pool | 1x1 -> 3x3/2 conv] concatenated (pool first) and fused by
-    a 1x1 conv: stride 4 at little cost (PeleeNet Fig. 2). The pool rounds up like the conv, so odd
-    input sizes work."""
-
-    def __init__(self, in_chans: int, chs: int, act: str):
-        super().__init__()
-        if chs % 2:
-            raise ValueError(f"stem_chs={chs} must be even (the stem's 1x1 branch is half as wide)")
-        self.conv1 = ConvBnAct(in_chans, chs, 3, 2, act=act)
-        self.branch_conv1 = ConvBnAct(chs, chs // 2, 1, act=act)
-        self.branch_conv2 = ConvBnAct(chs // 2, chs, 3, 2, act=act)
-        self.pool = DarknetMaxPool(2, 2)
-        self.fuse = ConvBnAct(2 * chs, chs, 1, act=act)
-        self.out_chs = chs
-
-    output_unit = "fuse"  # its output is the block's (see CrossStagePartial.output_unit)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        return self.fuse(torch.cat([self.pool(x), self.branch_conv2(self.branch_conv1(x))], dim=1))
-
-
-class TwoWayDenseLayer(nn.Module):
-    """Two branches of ``growth / 2`` new channels each: 1x1 -> 3x3 (small receptive field) and
-    1x1 -> 3x3 -> 3x3 (large). ``out_chs`` is the number of new channels, as
-    :class:`~cspnet.layers.DenseBlock` expects; the block concatenates [input, branch 1, branch 2]."""
-
-    def __init__(self, in_chs: int, growth: int, bottleneck_chs: int, act: str):
-        super().__init__()
-        half = growth // 2
-        self.branch1 = nn.Sequential(
-            ConvBnAct(in_chs, bottleneck_chs, 1, act=act), ConvBnAct(bottleneck_chs, half, 3, act=act)
-        )
-        self.branch2 = nn.Sequential(
-            ConvBnAct(in_chs, bottleneck_chs, 1, act=act),
-            ConvBnAct(bottleneck_chs, half, 3, act=act),
-            ConvBnAct(half, half, 3, act=act),
-        )
-        self.out_chs = 2 * half
-
-    def forward(self, x):
-        return torch.cat([self.branch1(x), self.branch2(x)], dim=1)
-
-
-def two_way_dense_block(depth: int, growth: int, bottleneck_chs: int, act: str):
-    """``make_blocks`` for :class:`CrossStagePartial`: a dense block of two-way layers."""
-    if growth < 2 or growth % 2:
-        raise ValueError(f"growth={growth!r} must be an even number >= 2 (two branches of growth/2)")
-    if bottleneck_chs < 1:
-        raise ValueError(f"bottleneck_chs={bottleneck_chs!r} must be positive")
-
-    def make_blocks(chs: int) -> DenseBlock:
-        return DenseBlock(
-            chs, depth, new_first=False, layer_fn=lambda c: TwoWayDenseLayer(c, growth, bottleneck_chs, act)
-        )
-
-    return make_blocks
+from .stages import chain_stages
 
 
 @config_type
@@ -116,50 +54,23 @@ class PeleeNetCfg:
     reference: Reference | None = None
 
 
-def check_csp_row(i: int, gamma: float, fusion: str, default_gamma: float = 0.5) -> None:
-    """A plain stage has no split, so a gamma other than the default there is a mistake."""
-    if fusion not in FUSIONS:
-        raise ValueError(f"stage {i}: fusion={fusion!r} is not allowed; choose one of {', '.join(FUSIONS)}")
-    if fusion == "none" and gamma != default_gamma:
-        raise ValueError(
-            f"stage {i}: gamma={gamma!r} has no effect on a plain stage (fusion='none'); pass fusion='first', "
-            f"'last' or 'full' with it, or gamma={default_gamma}"
-        )
-
-
-def check_csp_stages(csp_stages, n: int) -> None:
-    if not isinstance(csp_stages, tuple) or any(
-        isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in csp_stages
-    ):
-        raise ValueError(f"csp_stages={csp_stages!r} must be a tuple of stage indices in [0, {n - 1}]")
-
-
 def build_peleenet(cfg: PeleeNetCfg, num_classes: int = 1000, in_chans: int = 3) -> Classifier:
     if cfg.pool_position not in POOL_POSITIONS:
         raise ValueError(
             f"pool_position={cfg.pool_position!r} is not allowed; choose one of {', '.join(POOL_POSITIONS)}"
         )
-    check_csp_stages(cfg.csp_stages, len(cfg.stages))
+
+    def make_stage(i, st, in_chs):
+        stage = CrossStagePartial(
+            in_chs, st.out_chs, two_way_dense_block(st.depth, cfg.growth, st.bottleneck_chs, cfg.act),
+            gamma=st.gamma, fusion=st.fusion, split="slice", concat="bypass_first", transition="always",
+            pool=AvgPool2x2(ceil_mode=True) if st.pool else None, act=cfg.act,
+            pool_position=cfg.pool_position if st.fusion != "none" else "end",  # PeleeNet pools last
+        )
+        return stage, 2 if st.pool else 1
+
     stem = StemBlock(in_chans, cfg.stem_chs, cfg.act)
-    prev, stages, levels = cfg.stem_chs, [], []
-    for i, st in enumerate(cfg.stages):
-        check_csp_row(i, st.gamma, st.fusion)
-        make_blocks = two_way_dense_block(st.depth, cfg.growth, st.bottleneck_chs, cfg.act)
-        pool = AvgPool2x2(ceil_mode=True) if st.pool else None
-        if st.fusion == "none":
-            stage = CrossStagePartial(
-                prev, st.out_chs, make_blocks, fusion="none", transition="always", pool=pool, act=cfg.act
-            )
-        else:
-            stage = CrossStagePartial(
-                prev, st.out_chs, make_blocks, gamma=st.gamma, fusion=st.fusion, split="slice",
-                concat="bypass_first", pool=pool, pool_position=cfg.pool_position, act=cfg.act,
-            )
-        stages.append(stage)
-        levels.append((st.out_chs, 2 if st.pool else 1))
-        prev = st.out_chs
-    info = stage_feature_info(cfg.stem_chs, 4, levels)
-    return Classifier(stem, stages, info, num_classes, drop_rate=cfg.drop_rate)
+    return chain_stages(stem, 4, cfg.stages, make_stage, num_classes, cfg.csp_stages, drop_rate=cfg.drop_rate)
 
 
 # PeleeNet: depths 3/4/8/6, growth 32, widths 32 + 32 x depth, bottleneck 16 x [1, 2, 4, 4]

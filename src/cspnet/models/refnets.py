@@ -20,11 +20,10 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from ..csp import CrossStagePartial
-from ..layers import ConvBnAct, DarknetMaxPool, DenseBlock
-from .classifier import Classifier, stage_feature_info
+from ..layers import ConvBnAct, DarknetMaxPool, DenseBlock, PoolConv, StemBlock, two_way_dense_block
+from .classifier import Classifier
 from .config import Reference, config_type
-from .darknet import PoolConv
-from .peleenet import StemBlock, check_csp_row, check_csp_stages, two_way_dense_block
+from .stages import chain_stages
 
 LAYERS = ("dense", "two_way")
 STEMS = ("darknet", "pelee")
@@ -89,30 +88,23 @@ def build_refnet(cfg: RefNetCfg, num_classes: int = 1000, in_chans: int = 3) -> 
         raise ValueError(f"layer={cfg.layer!r} is not allowed; choose one of {', '.join(map(repr, LAYERS))}")
     if cfg.stem not in STEMS:
         raise ValueError(f"stem={cfg.stem!r} is not allowed; choose one of {', '.join(map(repr, STEMS))}")
-    check_csp_stages(cfg.csp_stages, len(cfg.stages))
+
+    def make_stage(i, st, in_chs):
+        if st.stride not in (1, 2):
+            raise ValueError(f"stage {i}: stride={st.stride!r} is not allowed; choose 1 or 2")
+        stage = CrossStagePartial(
+            in_chs, st.out_chs, _make_blocks(cfg, st), gamma=st.gamma, fusion=st.fusion,
+            down=DarknetMaxPool(2, 2) if st.stride == 2 else None, split="slice", concat="bypass_first",
+            act=cfg.act,
+        )
+        return stage, st.stride
+
     if cfg.stem == "darknet":
         stem, reduction = DarknetRefStem(in_chans, cfg.stem_chs, cfg.act), 2
     else:
         stem, reduction = StemBlock(in_chans, cfg.stem_chs, cfg.act), 4
-    prev, stages, levels = cfg.stem_chs, [], []
-    for i, st in enumerate(cfg.stages):
-        check_csp_row(i, st.gamma, st.fusion)
-        if st.stride not in (1, 2):
-            raise ValueError(f"stage {i}: stride={st.stride!r} is not allowed; choose 1 or 2")
-        down = DarknetMaxPool(2, 2) if st.stride == 2 else None
-        make_blocks = _make_blocks(cfg, st)
-        if st.fusion == "none":
-            stage = CrossStagePartial(prev, st.out_chs, make_blocks, fusion="none", down=down, act=cfg.act)
-        else:
-            stage = CrossStagePartial(
-                prev, st.out_chs, make_blocks, gamma=st.gamma, fusion=st.fusion, down=down, split="slice",
-                concat="bypass_first", act=cfg.act,
-            )
-        stages.append(stage)
-        levels.append((st.out_chs, st.stride))
-        prev = st.out_chs
-    info = stage_feature_info(cfg.stem_chs, reduction, levels)
-    return Classifier(stem, stages, info, num_classes, drop_rate=cfg.drop_rate)
+    return chain_stages(stem, reduction, cfg.stages, make_stage, num_classes, cfg.csp_stages,
+                        drop_rate=cfg.drop_rate)
 
 
 _WIDTHS = (64, 128, 256, 512, 1024)  # darknet.cfg filters of the layers at strides 4..64

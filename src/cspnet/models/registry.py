@@ -10,8 +10,9 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint import load_state_into, read_checkpoint
 from .classifier import Classifier, FeatureExtractor
-from .config import apply_overrides
+from .config import apply_overrides, from_dict
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,18 @@ _REGISTRY: dict[str, ModelEntry] = {}
 _BUILDERS: dict[type, tuple[str, Callable[..., Classifier]]] = {}
 
 
+def _add_family(registry: dict, builders: dict, family: str, cfg_type: type, builder, cfgs: dict, docs=None):
+    builders[cfg_type] = (family, builder)
+    for name, cfg in cfgs.items():
+        if name in registry:
+            raise ValueError(f"model {name!r} registered twice")
+        registry[name] = ModelEntry(name, family, cfg, builder, (docs or {}).get(name, ""))
+
+
 def register_family(family: str, cfg_type: type, builder: Callable[..., Classifier], cfgs: dict, docs=None):
     """Register every named config of a family; ``builder(cfg, num_classes, in_chans)``."""
-    _BUILDERS[cfg_type] = (family, builder)
-    for name, cfg in cfgs.items():
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, family, cfg, builder, (docs or {}).get(name, ""))
+    _ensure_loaded()
+    _add_family(_REGISTRY, _BUILDERS, family, cfg_type, builder, cfgs, docs)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -62,7 +68,7 @@ def build_from_config(cfg, num_classes: int = 1000, in_chans: int = 3, name: str
         raise ValueError(f"no model family builds a {type(cfg).__name__}")
     _, builder = _BUILDERS[type(cfg)]
     model = builder(cfg, num_classes=num_classes, in_chans=in_chans)
-    model.model_name, model.cfg = name, cfg
+    model.model_name, model.cfg, model.in_chans = name, cfg, in_chans
     _init_weights(model)
     return model
 
@@ -95,33 +101,28 @@ def create_model(
         _check_int(num_classes, "num_classes", 0)
     if in_chans is not None:
         _check_int(in_chans, "in_chans", 1)
-    meta = None
+    ckpt = None
     if checkpoint is not None:
-        from ..tools.checkpoint import read_checkpoint_meta
-
-        meta = read_checkpoint_meta(checkpoint)
+        ckpt = read_checkpoint(checkpoint)  # tensors and metadata from one read: one version of the file
+    meta = ckpt.meta if ckpt is not None else {}
     if name is None:
         if checkpoint is None:
             raise ValueError("create_model needs a model name or a checkpoint")
-        if meta is None:
+        if not meta:
             raise ValueError(f"{checkpoint}: the file carries no cspnet metadata; pass the model name too")
         name = meta.get("model")
-    elif meta is not None and meta.get("model") not in (None, name):
+    elif meta.get("model") not in (None, name):
         raise ValueError(f"{checkpoint}: holds weights of model {meta['model']!r}, not {name!r}")
-    if meta is not None and "config" in meta:
-        from .config import from_dict
-
+    if "config" in meta:
         cfg = from_dict(meta["config"])  # the checkpoint's own config (e.g. saved with fusion="none")
     else:
         cfg = get_entry(name).cfg
     cfg = apply_overrides(cfg, overrides)
     build_classes = meta.get("num_classes", 1000) if meta else (1000 if num_classes is None else num_classes)
-    build_chans = (meta.get("in_chans", 3) if meta else 3) if in_chans is None else in_chans
+    build_chans = meta.get("in_chans", 3) if in_chans is None else in_chans
     model = build_from_config(cfg, build_classes, build_chans, name)
-    if checkpoint is not None:
-        from ..tools.checkpoint import load_checkpoint_into
-
-        load_checkpoint_into(model, checkpoint)
+    if ckpt is not None:
+        load_state_into(model, ckpt.state, ckpt.path)
         if num_classes is not None and num_classes != model.num_classes:
             model.reset_classifier(num_classes)
     if features_only:
@@ -146,9 +147,19 @@ _LOADED = False
 
 
 def _ensure_loaded() -> None:
-    """Import the family modules (each registers itself) on first use."""
+    """Import the family modules (:mod:`.families`) and register them, on first use.
+
+    The registry is filled only once every family has imported and registered: a family whose
+    import fails leaves it empty, and the next call tries again and raises that same error, never a
+    misleading "unknown model"."""
     global _LOADED
     if _LOADED:
         return
+    from .families import FAMILIES
+
+    registry, builders = {}, {}
+    for family in FAMILIES:
+        _add_family(registry, builders, *family)
+    _REGISTRY.update(registry)
+    _BUILDERS.update(builders)
     _LOADED = True
-    from . import families  # noqa: F401

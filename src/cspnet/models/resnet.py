@@ -13,8 +13,9 @@ from torch import nn
 
 from ..csp import BlockStack, CrossStagePartial
 from ..layers import ConvBnAct, ConvPoolStem, make_act, partial_add
-from .classifier import Classifier, stage_feature_info
+from .classifier import Classifier
 from .config import Reference, config_type
+from .stages import chain_stages
 
 
 class Bottleneck(nn.Module):
@@ -140,9 +141,8 @@ def build_resnet(cfg: ResNetCfg, num_classes: int = 1000, in_chans: int = 3) -> 
         raise ValueError(f"block={cfg.block!r} is not allowed; choose one of {', '.join(BLOCKS)}")
     if cfg.shortcut not in ("partial", "projection"):
         raise ValueError(f"shortcut={cfg.shortcut!r} is not allowed; choose 'partial' or 'projection'")
-    stem = ConvPoolStem(in_chans, cfg.stem_chs, cfg.stem, cfg.act)
-    prev, stages, levels = cfg.stem_chs, [], []
-    for i, st in enumerate(cfg.stages):
+
+    def make_stage(i, st, in_chs):
         if st.down not in ("block", "conv"):
             raise ValueError(f"stage {i}: down={st.down!r} is not allowed; choose 'block' or 'conv'")
         if st.fusion != "none" and st.down == "block" and st.stride > 1:
@@ -150,25 +150,18 @@ def build_resnet(cfg: ResNetCfg, num_classes: int = 1000, in_chans: int = 3) -> 
                 f"stage {i}: fusion={st.fusion!r} needs down='conv' (a strided base layer before the split)"
             )
         hidden = int(round(st.out_chs * st.expand_ratio))
-        in_block = st.down == "block"
-        common = dict(gamma=st.gamma, fusion=st.fusion, act=cfg.act, split_act=st.split_act)
-        if st.fusion == "none":
-            stage = CrossStagePartial(
-                prev, st.out_chs, _res_blocks(cfg, st, st.stride if in_block else 1),
-                stride=1 if in_block else st.stride, down_groups=st.groups, block_chs=hidden, **common,
-            )
-        else:
-            common["gamma"] = grouped_gamma(st.gamma, hidden, st.groups, i)
-            stage = CrossStagePartial(
-                prev, st.out_chs, _res_blocks(cfg, st, 1),
-                stride=st.stride, down_groups=st.groups, split=cfg.split, concat=cfg.concat,
-                hidden_chs=hidden, block_in_chs=prev if st.uneven_split else None, **common,
-            )
-        stages.append(stage)
-        levels.append((st.out_chs, st.stride))
-        prev = st.out_chs
-    info = stage_feature_info(cfg.stem_chs, 4, levels)
-    return Classifier(stem, stages, info, num_classes, fc_first=cfg.fc_first, drop_rate=cfg.drop_rate)
+        in_block = st.down == "block"  # the first block strides, not a base layer
+        stage = CrossStagePartial(
+            in_chs, st.out_chs, _res_blocks(cfg, st, st.stride if in_block else 1),
+            stride=1 if in_block else st.stride, down_groups=st.groups, hidden_chs=hidden,
+            gamma=grouped_gamma(st.gamma, hidden, st.groups, i) if st.fusion != "none" else st.gamma,
+            fusion=st.fusion, split=cfg.split, concat=cfg.concat, act=cfg.act, split_act=st.split_act,
+            block_in_chs=in_chs if st.uneven_split else None,
+        )
+        return stage, st.stride
+
+    stem = ConvPoolStem(in_chans, cfg.stem_chs, cfg.stem, cfg.act)
+    return chain_stages(stem, 4, cfg.stages, make_stage, num_classes, fc_first=cfg.fc_first, drop_rate=cfg.drop_rate)
 
 
 def _stages(depths, outs, **kw):

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bench import PAIRS, BenchResult, Row, run_bench
+from ..plots import pyplot, save_figure
+from .report import BenchResult, Row, format_result
+from .runner import PAIRS, run_bench
 
 MARGIN = 0.05  # latency ratio may exceed the FLOPs ratio by this much at batch 1
 
@@ -76,8 +78,6 @@ def format_pairs(result: PairsResult, fmt: str = "md") -> str:
     if fmt == "json":
         import json
 
-        from .bench import format_result
-
         return json.dumps({"pairs": rows, "bench": json.loads(format_result(result.bench, "json"))}, indent=2)
     if fmt == "csv":
         import csv
@@ -121,15 +121,7 @@ def format_pairs(result: PairsResult, fmt: str = "md") -> str:
 
 def plot_pairs(result: PairsResult, path: Path) -> None:
     """Grouped bars: relative change of each metric, one group per pair (below 0 = CSP cheaper)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .checkpoint import atomic_write_bytes
-
+    plt = pyplot()
     labels = [f"{p.base.model}\n-> {p.csp.model}" for p in result.pairs]
     keys = list(METRICS)
     width = 0.8 / len(keys)
@@ -144,8 +136,4 @@ def plot_pairs(result: PairsResult, path: Path) -> None:
     ax.set_title(f"CSP vs baseline on {result.bench.device} ({result.bench.rows[0].engine} engine)")
     ax.legend(fontsize=8, ncols=len(keys), loc="lower center", bbox_to_anchor=(0.5, -0.32))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)

@@ -2,7 +2,7 @@
 
 On CPU the only honest figure is the process's peak resident set size: PyTorch's CPU allocator
 keeps no statistics, and a long-lived process remembers earlier peaks and cached allocations. So
-each measurement runs ``python -m cspnet.tools.memprobe`` once, resets the kernel's peak-RSS mark
+each measurement runs ``python -m cspnet.bench.memprobe`` once, resets the kernel's peak-RSS mark
 (``/proc/self/clear_refs``) after the model and input are built, and reads it after the step; on
 CUDA ``torch.cuda.max_memory_allocated`` is read in the same way.
 
@@ -60,7 +60,7 @@ def _build(spec: str, timm: bool, num_classes: int):
         import timm as timm_lib
 
         return timm_lib.create_model(spec, pretrained=False, num_classes=num_classes)
-    from .modelspec import load_model
+    from ..models.spec import load_model
 
     return load_model(spec, num_classes=num_classes)
 
@@ -73,7 +73,9 @@ def probe(spec: str, img_size: int, batch_size: int, mode: str, device: str = "c
     torch.manual_seed(0)
     dev = torch.device(device)
     model = _build(spec, timm, num_classes).to(dev)
-    x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
+    from ..models.spec import input_channels
+
+    x = torch.randn(batch_size, input_channels(model), img_size, img_size, device=dev)
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -110,7 +112,7 @@ def measure(spec: str, img_size: int, batch_size: int, mode: str, device: str = 
     """:func:`probe` in a fresh Python process; raises ValueError with the child's last line on failure."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; choose one of {', '.join(MODES)}")
-    cmd = [sys.executable, "-m", "cspnet.tools.memprobe", spec, str(img_size), str(batch_size), mode,
+    cmd = [sys.executable, "-m", "cspnet.bench.memprobe", spec, str(img_size), str(batch_size), mode,
            "--device", device] + (["--timm"] if timm else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -121,7 +123,7 @@ def measure(spec: str, img_size: int, batch_size: int, mode: str, device: str = 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cspnet.tools.memprobe")
+    p = argparse.ArgumentParser(prog="python -m cspnet.bench.memprobe")
     p.add_argument("model")
     p.add_argument("img_size", type=int)
     p.add_argument("batch_size", type=int)

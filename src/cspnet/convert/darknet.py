@@ -1,4 +1,4 @@
-"""darknet weights -> native cspnet models.
+"""darknet ``.cfg`` + ``.weights`` -> native cspnet models.
 
 The native models register their convolutions in cfg order (stem; per stage: down conv, split convs
 (bypass first), blocks, partial transition, transition; classifier last), so the mapping pairs the
@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CfgError
-from .layers import Connected, Convolutional, Cost, Dropout, Softmax
-from .network import DarknetNet, build
-from .weights import load_weights
+from ..darknet.errors import CfgError
+from ..darknet.layers import Connected, Convolutional, Cost, Dropout, Softmax
+from ..darknet.network import DarknetNet, build
+from ..darknet.weights import load_weights
+from ..models import create_model, get_entry, list_models
 
 # file-name stem -> native model (tie-breaker only; the structure decides)
 NAME_HINTS = {
@@ -116,8 +117,6 @@ class NativeMatch:
     num_classes: int = 1000
 
     def create(self, **kw) -> nn.Module:
-        from ..models import create_model
-
         return create_model(self.name, num_classes=self.num_classes, **self.overrides, **kw)
 
 
@@ -128,8 +127,6 @@ def _cfg_acts(units: list[Unit]) -> list[str]:
 def _candidates(cfg_path: str, model_name: str | None) -> tuple[list[str], str | None]:
     """(model names to try, the preferred one): ``model_name`` alone, else the file-name hint
     first, then the whole zoo."""
-    from ..models import get_entry, list_models
-
     if model_name is not None:
         get_entry(model_name)  # a clear error for an unknown name
         return [model_name], model_name
@@ -236,7 +233,7 @@ def compare_outputs(net: DarknetNet, model: nn.Module, img_size=(64, 64), seed: 
 
 def to_native_model(cfg_path, weights_path, model_name: str | None = None, verify: bool = True) -> nn.Module:
     """The native model with the darknet weights in it (``act=`` override applied, so that
-    ``cspnet.tools.checkpoint.save_checkpoint`` records it). ``verify`` compares both networks'
+    ``cspnet.checkpoint.save_checkpoint`` records it). ``verify`` compares both networks'
     logits on a random input (64x64 where the cfg allows it) and raises ValueError unless they agree
     within 1e-4 (absolute: the two run the same float32 operations in nearly the same order)."""
     with torch.device("meta"):

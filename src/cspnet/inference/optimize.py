@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import first_line
+from .compare import max_difference
 from .fuse import fuse, presplit_slices
 from .heap import retain_freed_memory
 from .timing import Timing, interleaved, synchronizer
@@ -94,33 +96,6 @@ class OptimizedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"chosen={self.chosen!r}, input_shape={self._key[0]}"
-
-
-def flatten_outputs(out) -> list[torch.Tensor]:
-    """Every tensor in a (nested) model output: a tensor, a list/tuple, or a dict."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flatten_outputs(o)]
-    return []
-
-
-def max_difference(out, ref) -> float:
-    """Largest absolute difference between two model outputs, divided by the reference's largest
-    magnitude when that exceeds 1 (so untrained models with huge logits are judged fairly)."""
-    a, b = flatten_outputs(out), flatten_outputs(ref)
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
-        return float("inf")
-    worst = 0.0
-    for x, y in zip(a, b, strict=True):
-        if y.numel() == 0:
-            continue
-        y = y.detach().float()
-        diff = (x.detach().float() - y).abs().max().item()
-        worst = max(worst, diff / max(1.0, y.abs().max().item()))
-    return worst
 
 
 class _ChannelsLast(nn.Module):
@@ -262,7 +237,7 @@ def optimize_for_inference(
     reported; the folded eager model is always available.
 
     On the CPU, ``retain_memory`` first makes glibc's malloc keep freed memory in this process
-    (:func:`cspnet.tools.heap.retain_freed_memory`, process-wide; skipped where the user set malloc
+    (:func:`cspnet.inference.heap.retain_freed_memory`, process-wide; skipped where the user set malloc
     variables): without it a small model page-faults its activations back in on every call.
 
     Example:
@@ -310,7 +285,7 @@ def optimize_for_inference(
         except Exception as e:  # a candidate that cannot run here is reported, never fatal
             if name == "eager":
                 raise
-            res.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            res.error = first_line(e, 200)
             continue
         res.setup_s = time.perf_counter() - start
         res.max_diff = max_difference(out, reference)

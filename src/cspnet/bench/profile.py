@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.spec import input_channels
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -46,7 +48,7 @@ def count_macs(model: nn.Module, img_size=256, in_chans: int | None = None) -> i
     """Multiply-adds of one forward pass of a batch of 1, run on the meta device (no compute)."""
     h, w = _size(img_size)
     if in_chans is None:
-        in_chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        in_chans = input_channels(model)
     meta = model if _on_meta(model) else copy.deepcopy(model).to("meta")
     meta.eval()
     x = torch.empty(1, in_chans, h, w, device="meta")

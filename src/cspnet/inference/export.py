@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
+from ..checkpoint import atomic_write_bytes
+from ..errors import first_line
+from .compare import flatten_outputs, max_difference
 from .fuse import fuse
-from .optimize import flatten_outputs, max_difference
 
 MIN_OPSET, MAX_OPSET = 18, 23  # the torch.export-based exporter writes opset 18 and newer
 DEFAULT_OPSET = 18
@@ -76,14 +77,14 @@ def check_output_path(path: str | os.PathLike, suffix: str = ".onnx") -> Path:
         raise ExportError(f"{path}: the output must end in {suffix}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise ExportError(f"{path}: directory {parent} does not exist; create it or choose another --output")
+        raise ExportError(f"{path}: directory {parent} does not exist; create it or write elsewhere")
     if path.is_dir():
         raise ExportError(f"{path}: is a directory; give a file name ending in {suffix}")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
     except OSError as e:
         raise ExportError(f"{path}: cannot write in directory {parent} ({e.strerror or e}); "
-                          "choose a writable --output") from None
+                          "write elsewhere") from None
     os.close(fd)
     os.unlink(probe)
     return path
@@ -127,11 +128,6 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [s for s in str(e).strip().splitlines() if s.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
-
-
 def to_onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET,
                   dynamic_batch: bool = False, input_names=("input",), output_names=None) -> bytes:
     """Serialized ONNX of an already prepared module (see :func:`prepare_for_export`)."""
@@ -151,7 +147,7 @@ def to_onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = DEFAULT_
                 dynamic_shapes=dynamic_shapes, optimize=True,
             )
     except Exception as e:
-        raise ExportError(f"PyTorch could not export the model to ONNX: {_first_line(e)}") from None
+        raise ExportError(f"PyTorch could not export the model to ONNX: {first_line(e, 300)}") from None
     finally:
         logger.setLevel(level)
     proto = program.model_proto
@@ -166,11 +162,11 @@ def simplify_onnx(data: bytes) -> bytes:
         import onnx
         import onnxslim
     except ImportError:
-        raise ExportError("--simplify needs onnxslim: pip install 'cspnet[export]'") from None
+        raise ExportError("simplifying needs onnxslim: pip install 'cspnet[export]'") from None
     try:
         slim = onnxslim.slim(onnx.load_from_string(data))
     except Exception as e:
-        raise ExportError(f"onnxslim could not simplify the model: {_first_line(e)}") from None
+        raise ExportError(f"onnxslim could not simplify the model: {first_line(e, 300)}") from None
     return slim.SerializeToString()
 
 
@@ -221,7 +217,7 @@ def check_onnx(path, model: nn.Module, inputs: list[torch.Tensor], engines=ENGIN
                                                for o, e in zip(outs, expected, strict=True)))
             check.max_abs_diff, check.rel_diff = worst_abs, worst_rel
         except Exception as e:  # any engine failure is reported, and fails the export
-            check.error = _first_line(e)
+            check.error = first_line(e, 300)
     return checks
 
 

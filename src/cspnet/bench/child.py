@@ -1,0 +1,53 @@
+"""Benchmark plumbing: results handed back from child processes (a fresh process has a clean heap,
+threads and caches), and the one line that says what machine a figure was measured on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHILD_MARK = "=====result"
+
+
+def print_child_result(result) -> None:
+    """What a benchmark's child process hands back: JSON on one line after a marker, so that
+    library output printed before it (warnings, progress) cannot be mistaken for it."""
+    import json
+
+    print(CHILD_MARK + json.dumps(result), flush=True)
+
+
+def run_child(cmd: list[str], env: dict | None = None):
+    """Run a benchmark child (a fresh process: clean heap, threads and caches) and return what it
+    passed to :func:`print_child_result`."""
+    import json
+    import subprocess
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.split(CHILD_MARK, 1)[1].splitlines()[0])
+
+
+def machine_info() -> str:
+    """One line naming the CPU, threads, library versions and the load when it was called, so a
+    committed figure says what it was measured on and whether the machine was quiet."""
+    import os
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = [f"torch {torch.__version__}"]
+    for module, label in (("onnxruntime", "onnxruntime"), ("cv2", "OpenCV")):
+        try:
+            versions.append(f"{label} {__import__(module).__version__}")
+        except ImportError:
+            pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads; "
+            f"{'; '.join(versions)}; load average {load}")

@@ -1,0 +1,18 @@
+"""One recipe per ``--task``: what the task-generic driver (:mod:`cspnet.commands.driver`) asks of a
+task. A recipe adds its own options, builds the data, the engine's task (loss and metrics) and the
+checkpoint metadata, and says how results are reported and how predictions are shown; the driver
+does the rest (options, resume, run directories, the engine, devices, DDP).
+
+The methods a recipe has: ``add_options(parser, verb)``; train: ``train_data(args, in_chans)``,
+``in_memory(data)``, ``model_kwargs(data)``, ``task(args, data)``, ``checkpoint_extra(args, data)``,
+``summary(data)``, ``final_lines(final, run_dir)``; val: ``eval_data(args, spec, model, meta, path)``,
+``eval_task(data)``, ``val_metrics(metrics)``, ``val_line(metrics)``; predict: ``files(items)``,
+``predict(args, model, meta, files, device, optimize)``; and the attributes ``name``,
+``default_model``, ``collate``, ``data_help``.
+"""
+
+from .classify import ClassifyRecipe
+
+RECIPES = {r.name: r for r in (ClassifyRecipe(),)}
+
+__all__ = ["RECIPES", "ClassifyRecipe"]

@@ -1,0 +1,28 @@
+"""Figures, made and written the way every result file is: matplotlib's Agg backend (no display
+needed, imported on first use) and the PNG written atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (unless the user chose another one)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Lay ``fig`` out, write it to ``path`` as PNG (atomically) and close it."""
+    from .checkpoint import atomic_write_bytes
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())

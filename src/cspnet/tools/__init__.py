@@ -1,1 +1,0 @@
-"""Tools around the models: profiling, checkpoints, weight import."""
