@@ -31,10 +31,13 @@ OURS_TO_TIMM.update({name: name for name in ("darknet53", "cspdarknet53", "cspre
 
 
 def img_size_of(name: str) -> int:
-    """The reference resolution; the Table 1 ablations take PeleeNet's (224), the rest 256."""
-    ref = getattr(get_entry(name).cfg, "reference", None)
-    if ref:
-        return ref.img_size
+    """The reference resolution; a detector's own input size; the Table 1 ablations take PeleeNet's
+    (224), the rest 256."""
+    cfg = get_entry(name).cfg
+    if getattr(cfg, "reference", None):
+        return cfg.reference.img_size
+    if hasattr(cfg, "img_size"):
+        return cfg.img_size
     return 224 if name.startswith("csppeleenet_") else 256
 
 

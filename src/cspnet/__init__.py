@@ -8,6 +8,7 @@ first use.
 
 import importlib
 
+from . import detection  # noqa: F401  (registers the detectors with the zoo)
 from .csp import PRESETS, ConcatStack, CrossStagePartial, cspify
 from .inference import optimize_for_inference
 from .models import create_model, list_models

@@ -1,5 +1,5 @@
-"""Figures, made and written the way every result file is: matplotlib's Agg backend (no display
-needed, imported on first use) and the PNG written atomically."""
+"""Figures and images, made and written the way every result file is: matplotlib's Agg backend (no
+display needed, imported on first use) and the PNG written atomically."""
 
 from __future__ import annotations
 
@@ -25,4 +25,15 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_image(pixels, path: str | os.PathLike) -> None:
+    """A uint8 CHW tensor (an image with boxes drawn, say) as a PNG, written atomically."""
+    from PIL import Image
+
+    from .checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

@@ -84,14 +84,22 @@ def engine_callable(engine: str, module: nn.Module, x: torch.Tensor, onnx_path: 
 
         cv2.setNumThreads(threads)
         net = cv2.dnn.readNetFromONNX(str(onnx_file(module, x, onnx_path)))
-        xn = x.cpu().numpy()
-
-        def fn():
-            net.setInput(xn)
-            return net.forward()
+        fn = opencv_callable(net, x)
     else:
         check_engine(engine, x.device)
     return fn, time.perf_counter() - start, note
+
+
+def opencv_callable(net, x: torch.Tensor) -> Callable[[], object]:
+    """An OpenCV DNN network run on ``x``, computing every output (a detector's heads too: a plain
+    ``forward()`` would compute only the first); returns the first."""
+    xn, names = x.cpu().numpy(), net.getUnconnectedOutLayersNames()
+
+    def fn():
+        net.setInput(xn)
+        return net.forward(names)[0]
+
+    return fn
 
 
 def train_step_callable(module: nn.Module, x: torch.Tensor, num_classes: int) -> Callable[[], None]:

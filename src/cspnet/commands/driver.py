@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import SUFFIXES
 from ..engine.optim import BASE_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS
 from ..engine.runtime import AMP_CHOICES
 from ..engine.trainer import TrainConfig
@@ -115,7 +116,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("val", help="evaluate a checkpoint on a data set's validation split")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors file or a run directory (its best)")
+    p.add_argument("--checkpoint", default=None, help="a .safetensors file or a run directory (its best)")
     p.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
     p.add_argument("--model", default=None, help="model name, for weights without cspnet metadata")
     p.add_argument("--out", default=None, help="run directory for metrics.json (default runs/val/NAME)")
@@ -127,11 +128,13 @@ def add_parser(sub) -> None:
     _add_run_options(p)
     p.set_defaults(func=run_val)
 
-    p = sub.add_parser("predict", help="predictions for image files (classify: top-5 classes)")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors file or a run directory (its best)")
+    p = sub.add_parser("predict", help="predictions for image files (classify: top-5 classes; detect: boxes drawn)")
+    p.add_argument("--checkpoint", default=None, help="a .safetensors file or a run directory (its best)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or directories (their images, sorted)")
     p.add_argument("--model", default=None, help="model name, for weights without cspnet metadata")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--out", default=None, help="detect: where the drawn images and detections.json go "
+                                                "(default runs/predict/NAME, numbered)")
     p.add_argument("--compile", action="store_true",
                    help="let the inference optimizer also try torch.compile and oneDNN Graph (a one-time "
                         "cost of seconds to minutes; pays off for many images)")
@@ -165,23 +168,6 @@ def _numbered_dir(base: Path) -> Path:
 
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "run"
-
-
-def _load_model_for_eval(args):
-    """(model, metadata, checkpoint path) for ``val``/``predict``."""
-    from ..checkpoint import read_metadata
-    from ..engine import resolve_checkpoint
-    from ..models import create_model
-
-    path = resolve_checkpoint(args.checkpoint)
-    meta = read_metadata(path)
-    if not meta and not args.model:
-        raise ValueError(f"{path}: the file carries no cspnet metadata; pass --model NAME too")
-    # with metadata, build from the stored config (it may carry overrides such as fusion="none");
-    # a different --model name still reaches create_model, which refuses the mismatch
-    name = None if meta and args.model in (None, meta.get("model")) else args.model
-    model = create_model(name, checkpoint=str(path))
-    return model, meta, path
 
 
 def _warn_skipped(names: list[str]) -> None:
@@ -328,7 +314,7 @@ def run_val(args) -> int:
     _set_threads(args.threads)
     dist = init_distributed(args.device)
     try:
-        model, meta, path = _load_model_for_eval(args)
+        model, meta, path = recipe.eval_model(args)
         spec = args.data or meta.get("data")
         if not spec:
             raise ValueError(f"{path}: no training data recorded in the checkpoint; pass --data")
@@ -337,15 +323,18 @@ def run_val(args) -> int:
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
         loader = eval_loader(data.val, args.batch_size, _workers(args, recipe, data), recipe.collate, dist)
-        metrics = evaluate(model, loader, recipe.eval_task(data), dist, resolve_amp(args.amp, dist.device),
-                           args.channels_last, progress=True)
+        task = recipe.eval_task(data, model)
+        metrics = evaluate(model, loader, task, dist, resolve_amp(args.amp, dist.device), args.channels_last,
+                           progress=True)
         if not dist.is_main:
             return 0
-        out = Path(args.out) if args.out else _numbered_dir(RUNS / "val" / _safe_name(path.parent.name or "val"))
+        name = path.parent.name if path.suffix in SUFFIXES else path.stem  # a run's name, a cfg's or a model's
+        out = Path(args.out) if args.out else _numbered_dir(RUNS / "val" / _safe_name(name or "val"))
         out.mkdir(parents=True, exist_ok=True)
         result = {**recipe.val_metrics(metrics), "epoch": meta.get("epoch"), "images_per_s": metrics["images_per_s"],
                   "images": metrics["images"], "skipped_images": metrics["skipped"],
                   "checkpoint": str(path), "data": spec}
+        recipe.write_val_files(out, task, metrics)
         atomic_write_json(out / "metrics.json", result)
         _warn_skipped(metrics["skipped_files"])
         print(f"{metrics['images']} images of {spec}, {metrics['images_per_s']:.0f} img/s; metrics in {out}")
@@ -366,7 +355,7 @@ def run_predict(args) -> int:
     _set_threads(args.threads)
     device = resolve_device(args.device)
     files = recipe.files(args.images)
-    model, meta, _ = _load_model_for_eval(args)
+    model, meta, _ = recipe.eval_model(args)
 
     def optimize(module, example):
         """The fastest exact form of the model for batches like ``example``."""

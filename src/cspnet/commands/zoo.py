@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cfg", default=None, help="describe a darknet .cfg file instead (layers, shapes, BFLOPs)")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="input size (default: the reference resolution, else 256)")
-    p.add_argument("--num-classes", type=positive_int, default=1000)
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="default: the model's (1000 for classifiers, 80 for detectors)")
     p.set_defaults(func=run_info)
 
 
@@ -70,6 +71,12 @@ def run_info(args) -> int:
         if ref.top1 is not None:
             figs.append(f"top-1 {ref.top1}")
         print(f"reference    {', '.join(figs)}  [{ref.source}]")
+    if "anchors" in model.feature_info[0]:  # a detector: its outputs
+        print("outputs      level  channels  stride  anchors")
+        for i, f in enumerate(model.feature_info):
+            anchors = ", ".join(f"({w:g}, {h:g})" for w, h in f["anchors"])
+            print(f"             {i:>5}  {f['num_chs']:>8}  {f['reduction']:>6}  {anchors}")
+        return 0
     print("features     level  channels  stride  module")
     for i, f in enumerate(model.feature_info):
         print(f"             {i:>5}  {f['num_chs']:>8}  {f['reduction']:>6}  {f['module']}")

@@ -62,7 +62,9 @@ class Unit:
 
 
 def native_units(model: nn.Module) -> list[Unit]:
-    """Conv/Linear layers of a native model in registration order, each with the BN that follows it."""
+    """Conv/Linear layers of a native model in the order a darknet cfg writes them, each with the BN
+    that follows it: registration order, regrouped by the model's ``darknet_order()`` (its parts'
+    names in cfg order) where it has one, as a detector does (its heads sit between neck steps)."""
     units: list[Unit] = []
     modules = dict(model.named_modules())
     for name, m in model.named_modules():
@@ -80,7 +82,18 @@ def native_units(model: nn.Module) -> list[Unit]:
                 raise ValueError(f"native module {name} is a BatchNorm that does not follow a conv "
                                  "(pre-activation models have no darknet counterpart)")
             last.bn, last.bn_name = m, name
-    return units
+    order = getattr(model, "darknet_order", None)
+    return _in_darknet_order(units, order()) if callable(order) else units
+
+
+def _in_darknet_order(units: list[Unit], parts: list[str]) -> list[Unit]:
+    def part(unit: Unit) -> int:
+        for i, p in enumerate(parts):
+            if unit.name == p or unit.name.startswith(p + "."):
+                return i
+        raise ValueError(f"native module {unit.name} is in none of the parts {parts} its model lists")
+
+    return sorted(units, key=part)  # stable: registration order within each part
 
 
 def darknet_units(net: DarknetNet) -> list[Unit]:
@@ -124,15 +137,15 @@ def _cfg_acts(units: list[Unit]) -> list[str]:
     return sorted({u.act for u in units if u.act not in (None, "linear")})
 
 
-def _candidates(cfg_path: str, model_name: str | None) -> tuple[list[str], str | None]:
+def _candidates(cfg_path: str, model_name: str | None, detector: bool) -> tuple[list[str], str | None]:
     """(model names to try, the preferred one): ``model_name`` alone, else the file-name hint
-    first, then the whole zoo."""
+    first, then the zoo's detectors (for a cfg with ``[yolo]`` layers) or its classifiers."""
     if model_name is not None:
         get_entry(model_name)  # a clear error for an unknown name
         return [model_name], model_name
     stem = Path(cfg_path).stem
     hint = NAME_HINTS.get(stem, NAME_HINTS.get(stem.rsplit("-", 1)[0]))
-    names = list_models()
+    names = [n for n in list_models() if (get_entry(n).family == "detector") == detector]
     if hint not in names:
         return names, None
     return [hint] + [n for n in names if n != hint], hint
@@ -153,30 +166,53 @@ def match_native(net: DarknetNet, model_name: str | None = None) -> NativeMatch:
     dk = darknet_units(net)
     if not dk:
         raise ValueError(f"{net.cfg_path}: has no convolutional or connected layers to map")
-    num_classes = dk[-1].layer.weight.shape[0]
+    heads = net.heads
+    num_classes = heads[0].num_classes if heads else dk[-1].layer.weight.shape[0]
     acts = _cfg_acts(dk)
+
     def with_act(name):
         match = NativeMatch(name, {"act": acts[0]}, num_classes)
         nat = _native_units(match) if len(acts) == 1 else None
         return match if nat is not None and _same_structure(dk, nat, check_acts=True) else None
 
-    names, preferred = _candidates(net.cfg_path, model_name)
+    names, preferred = _candidates(net.cfg_path, model_name, detector=bool(heads))
     same_shapes = []
     for name in names:
         nat = _native_units(NativeMatch(name, {}, num_classes))
         if nat is None or not _same_structure(dk, nat, check_acts=False):
             continue
         if _same_structure(dk, nat, check_acts=True):
-            return NativeMatch(name, {}, num_classes)
+            return _with_heads(NativeMatch(name, {}, num_classes), heads)
         if name == preferred and (match := with_act(name)):
-            return match
+            return _with_heads(match, heads)
         same_shapes.append(name)
     for name in same_shapes:
         if match := with_act(name):
-            return match
+            return _with_heads(match, heads)
     what = f"model {model_name!r}" if model_name else "native cspnet model"
     raise ValueError(f"{net.cfg_path}: no {what} has this cfg's layers ({len(dk)} conv/fc layers, "
                      f"activations {', '.join(acts) or 'linear'}); it has no native counterpart")
+
+
+def _with_heads(match: NativeMatch, heads) -> NativeMatch:
+    """A detector match with the cfg's own anchors and ``scale_x_y`` where they differ from the
+    native model's (the "optimal" cfgs' YOLOv4 anchors on the same layers, say)."""
+    if not heads:
+        return match
+    with torch.device("meta"):
+        model = match.create()
+    if [(h.anchors, h.scale_x_y) for h in model.heads] == [(h.anchors, h.scale_x_y) for h in heads]:
+        return match
+    if any(h.new_coords for h in heads):
+        raise ValueError("a cfg with new_coords=1 has no native counterpart (no CSPNet cfg uses it)")
+    by_level = sorted(zip(model.neck.output_levels(), heads, strict=True))  # the config lists levels fine to coarse
+    anchors, masks, start = [], [], 0
+    for _, head in by_level:
+        anchors += head.anchors
+        masks.append(tuple(range(start, start + head.num_anchors)))
+        start += head.num_anchors
+    overrides = {"anchors": tuple(anchors), "masks": tuple(masks), "scale_x_y": tuple(h.scale_x_y for _, h in by_level)}
+    return NativeMatch(match.name, {**match.overrides, **overrides}, match.num_classes)
 
 
 def map_state_dict(net: DarknetNet, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -219,16 +255,22 @@ def logits_layer(net: DarknetNet) -> int:
 
 
 def compare_outputs(net: DarknetNet, model: nn.Module, img_size=(64, 64), seed: int = 0) -> tuple[float, float]:
-    """(largest difference between the cfg network's logits and the native model's on a random
-    input, largest absolute logit)."""
+    """(largest difference between the cfg network's outputs and the native model's on a random
+    input, largest absolute output): the logits of a classifier, every raw head map of a detector."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, net.input_shape[0], *img_size, generator=g)
     net.eval(), model.eval()
-    k = logits_layer(net)
     with torch.no_grad():
-        a = net.run(x, [k])[k].flatten(1)
-        b = model(x).flatten(1)
-    return float((a - b).abs().max()), float(a.abs().max())
+        if net.yolo_layers:
+            a, b = net(x), model(x)
+        else:
+            k = logits_layer(net)
+            a, b = [net.run(x, [k])[k].flatten(1)], [model(x).flatten(1)]
+    if len(a) != len(b) or any(p.shape != q.shape for p, q in zip(a, b, strict=True)):
+        raise ValueError(f"{net.cfg_path}: the cfg network's outputs {[tuple(p.shape) for p in a]} differ in shape "
+                         f"from the native model's {[tuple(q.shape) for q in b]}")
+    diff = max(float((p - q).abs().max()) for p, q in zip(a, b, strict=True))
+    return diff, max(float(p.abs().max()) for p in a)
 
 
 def to_native_model(cfg_path, weights_path, model_name: str | None = None, verify: bool = True) -> nn.Module:

@@ -69,6 +69,16 @@ class DarknetNet(nn.Module):
     def heads(self) -> list[YoloHead]:
         return [self.layers[i].head for i in self.yolo_layers]
 
+    @property
+    def num_classes(self) -> int | None:
+        """The classes a detector cfg's ``[yolo]`` layers predict (None for a classifier cfg)."""
+        return self.heads[0].num_classes if self.yolo_layers else None
+
+    @property
+    def img_size(self) -> int:
+        """The ``[net]`` input height (the size the cfg was written for)."""
+        return self.input_shape[1]
+
     def outputs_needed(self) -> tuple[int, ...]:
         """The layers ``forward`` returns: each [yolo] layer's input, else the last layer."""
         if self.yolo_layers:

@@ -129,8 +129,10 @@ class ExportResult:
 
 
 def to_onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET,
-                  dynamic_batch: bool = False, input_names=("input",), output_names=None) -> bytes:
-    """Serialized ONNX of an already prepared module (see :func:`prepare_for_export`)."""
+                  dynamic_batch: bool = False, input_names=("input",), output_names=None,
+                  custom_translation_table=None) -> bytes:
+    """Serialized ONNX of an already prepared module (see :func:`prepare_for_export`);
+    ``custom_translation_table`` maps custom ops to their ONNX (a detector's in-graph NMS)."""
     dynamic_shapes = None
     if dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},)
@@ -144,7 +146,7 @@ def to_onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = DEFAULT_
             program = torch.onnx.export(
                 model, (example,), dynamo=True, opset_version=opset, external_data=False,
                 input_names=list(input_names), output_names=list(output_names) if output_names else None,
-                dynamic_shapes=dynamic_shapes, optimize=True,
+                dynamic_shapes=dynamic_shapes, optimize=True, custom_translation_table=custom_translation_table,
             )
     except Exception as e:
         raise ExportError(f"PyTorch could not export the model to ONNX: {first_line(e, 300)}") from None

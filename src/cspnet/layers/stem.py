@@ -1,11 +1,14 @@
-"""The 7x7 stem of ResNet/DenseNet, in darknet's and torchvision's form."""
+"""Stems and the pool-conv stage of the darknet reference models: the 7x7 stem of ResNet/DenseNet
+in darknet's and torchvision's form, and Darknet Ref.'s max-pool + 3x3 conv."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from .activations import make_act
 from .conv import ConvBnAct
 from .pooling import DarknetMaxPool
+from .shortcut import partial_add
 
 
 class ConvPoolStem(nn.Sequential):
@@ -24,12 +27,19 @@ class ConvPoolStem(nn.Sequential):
         self.out_chs = chs
 
 
-class PoolConv(nn.Sequential):
-    """2x2/2 max-pool then a 3x3 conv: one stage of the Darknet Reference model (``darknet.cfg``),
-    and the second half of the "Ref." backbones' stem."""
+class PoolConv(nn.Module):
+    """2x2 max-pool (stride 2, or 1 as yolov3-tiny's last) then a 3x3 conv: one stage of the Darknet
+    Reference model (``darknet.cfg``), of the YOLOv3-tiny backbones, and the second half of the "Ref."
+    backbones' stem. ``residual`` adds the stage input back and applies ``act`` to the sum, darknet's
+    ``[shortcut] activation=leaky`` over the pool and conv (``yolov3-tiny-prn.cfg`` layers 11-13)."""
 
-    def __init__(self, in_chs: int, out_chs: int, act: str):
+    def __init__(self, in_chs: int, out_chs: int, act: str, stride: int = 2, residual: bool = False):
         super().__init__()
-        self.pool = DarknetMaxPool(2, 2)
+        self.pool = DarknetMaxPool(2, stride)
         self.conv = ConvBnAct(in_chs, out_chs, 3, act=act)
+        self.act = make_act(act) if residual else None
         self.out_chs = out_chs
+
+    def forward(self, x):
+        y = self.conv(self.pool(x))
+        return y if self.act is None else self.act(partial_add(y, x))

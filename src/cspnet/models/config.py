@@ -89,6 +89,8 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
     """
     if not overrides:
         return cfg
+    if hasattr(cfg, "override"):  # a config that routes some keys elsewhere (a detector: to its backbone)
+        return cfg.override(overrides)
     top = {f.name for f in fields(cfg)}
     stage_names = _stage_fields(cfg)
     unknown = [k for k in overrides if k not in top and k not in stage_names]

@@ -75,18 +75,28 @@ def build_darknet(cfg: DarknetCfg, num_classes: int = 1000, in_chans: int = 3) -
 @dataclass(frozen=True)
 class DarknetRefCfg:
     """pjreddie's Darknet Reference model: 3x3 convs, each but the last followed by a 2x2/2
-    max-pool; the baseline of the paper's "Ref." backbones."""
+    max-pool; the baseline of the paper's "Ref." backbones. The YOLOv3-tiny backbones are the same
+    layout: ``last_stride=1`` keeps the last stage at stride 32 (a 2x2/1 pool, ``yolov3-tiny.cfg``
+    layer 11), and ``last_residual`` adds the last stage's input to its output (``yolov3-tiny-prn.cfg``
+    layers 11-13)."""
 
     widths: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
     act: str = "leaky"
+    last_stride: int = 2
+    last_residual: bool = False
     drop_rate: float = 0.0
     reference: Reference | None = None
 
 
 def build_darknet_ref(cfg: DarknetRefCfg, num_classes: int = 1000, in_chans: int = 3) -> Classifier:
+    if cfg.last_stride not in (1, 2):
+        raise ValueError(f"last_stride={cfg.last_stride!r} is not allowed; choose 1 or 2")
     stem = ConvBnAct(in_chans, cfg.widths[0], 3, act=cfg.act)
-    stages = [PoolConv(a, b, cfg.act) for a, b in zip(cfg.widths[:-1], cfg.widths[1:], strict=True)]
-    info = stage_feature_info(cfg.widths[0], 1, [(w, 2) for w in cfg.widths[1:]])
+    n = len(cfg.widths) - 1
+    strides = [2] * (n - 1) + [cfg.last_stride]
+    stages = [PoolConv(a, b, cfg.act, s, residual=cfg.last_residual and i == n - 1)
+              for i, (a, b, s) in enumerate(zip(cfg.widths[:-1], cfg.widths[1:], strides, strict=True))]
+    info = stage_feature_info(cfg.widths[0], 1, list(zip(cfg.widths[1:], strides, strict=True)))
     return Classifier(stem, stages, info, num_classes, drop_rate=cfg.drop_rate)
 
 

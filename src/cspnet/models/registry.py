@@ -42,6 +42,19 @@ def register_family(family: str, cfg_type: type, builder: Callable[..., Classifi
     _add_family(_REGISTRY, _BUILDERS, family, cfg_type, builder, cfgs, docs)
 
 
+_PROVIDERS: list[Callable[[], list[tuple]]] = []
+
+
+def register_provider(families: Callable[[], list[tuple]]) -> None:
+    """Families defined above the model layer (the detectors, built on this zoo's backbones):
+    ``families()`` gives ``(family, cfg_type, builder, cfgs, docs)`` tuples, registered with the
+    built-in families on first use (at once if that has happened), so nothing here imports them."""
+    _PROVIDERS.append(families)
+    if _LOADED:
+        for family in families():
+            register_family(*family)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern`` (``"csp*"``), sorted."""
     _ensure_loaded()
@@ -62,14 +75,18 @@ def get_config(name: str, **overrides):
     return apply_overrides(get_entry(name).cfg, overrides)
 
 
-def build_from_config(cfg, num_classes: int = 1000, in_chans: int = 3, name: str | None = None) -> Classifier:
+def build_from_config(cfg, num_classes: int | None = None, in_chans: int = 3, name: str | None = None) -> nn.Module:
+    """The model ``cfg`` describes, initialised; ``num_classes`` None: the family's default (1000
+    for classifiers, 80 for detectors). A model with ``init_priors()`` sets its output priors last."""
     _ensure_loaded()
     if type(cfg) not in _BUILDERS:
         raise ValueError(f"no model family builds a {type(cfg).__name__}")
     _, builder = _BUILDERS[type(cfg)]
-    model = builder(cfg, num_classes=num_classes, in_chans=in_chans)
+    model = builder(cfg, in_chans=in_chans, **({} if num_classes is None else {"num_classes": num_classes}))
     model.model_name, model.cfg, model.in_chans = name, cfg, in_chans
     _init_weights(model)
+    if hasattr(model, "init_priors"):
+        model.init_priors()
     return model
 
 
@@ -89,7 +106,8 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model (timm's ``create_model``).
 
-    ``num_classes`` defaults to 1000 (or the checkpoint's), ``in_chans`` to 3 (or the
+    ``num_classes`` defaults to the family's (1000 for classifiers, 80 for detectors; or the
+    checkpoint's), ``in_chans`` to 3 (or the
     checkpoint's). ``overrides`` replace config fields; stage fields such as ``gamma=``,
     ``fusion=`` or ``act=`` apply to every (CSP) stage; on grouped (ResNeXt) stages ``gamma`` is
     rounded to whole groups. ``checkpoint`` loads a .safetensors (or
@@ -118,7 +136,7 @@ def create_model(
     else:
         cfg = get_entry(name).cfg
     cfg = apply_overrides(cfg, overrides)
-    build_classes = meta.get("num_classes", 1000) if meta else (1000 if num_classes is None else num_classes)
+    build_classes = meta.get("num_classes") if meta else num_classes
     build_chans = meta.get("in_chans", 3) if in_chans is None else in_chans
     model = build_from_config(cfg, build_classes, build_chans, name)
     if ckpt is not None:
@@ -126,6 +144,9 @@ def create_model(
         if num_classes is not None and num_classes != model.num_classes:
             model.reset_classifier(num_classes)
     if features_only:
+        if not isinstance(model, Classifier):
+            raise ValueError(f"features_only=True gives a classifier's feature levels; {name} is a "
+                             f"{get_entry(name).family} (its backbone is model.backbone)")
         return FeatureExtractor(model, out_indices)
     if out_indices is not None:
         raise ValueError("out_indices needs features_only=True")
@@ -158,7 +179,7 @@ def _ensure_loaded() -> None:
     from .families import FAMILIES
 
     registry, builders = {}, {}
-    for family in FAMILIES:
+    for family in (*FAMILIES, *(f for provider in _PROVIDERS for f in provider())):
         _add_family(registry, builders, *family)
     _REGISTRY.update(registry)
     _BUILDERS.update(builders)

@@ -5,14 +5,16 @@ does the rest (options, resume, run directories, the engine, devices, DDP).
 
 The methods a recipe has: ``add_options(parser, verb)``; train: ``train_data(args, in_chans)``,
 ``in_memory(data)``, ``model_kwargs(data)``, ``task(args, data)``, ``checkpoint_extra(args, data)``,
-``summary(data)``, ``final_lines(final, run_dir)``; val: ``eval_data(args, spec, model, meta, path)``,
-``eval_task(data)``, ``val_metrics(metrics)``, ``val_line(metrics)``; predict: ``files(items)``,
+``summary(data)``, ``final_lines(final, run_dir)``; val: ``eval_model(args)``,
+``eval_data(args, spec, model, meta, path)``, ``eval_task(data, model)``, ``val_metrics(metrics)``,
+``val_line(metrics)``, ``write_val_files(out, task, metrics)``; predict: ``files(items)``,
 ``predict(args, model, meta, files, device, optimize)``; and the attributes ``name``,
 ``default_model``, ``collate``, ``data_help``.
 """
 
 from .classify import ClassifyRecipe
+from .detect import DetectRecipe
 
-RECIPES = {r.name: r for r in (ClassifyRecipe(),)}
+RECIPES = {r.name: r for r in (ClassifyRecipe(), DetectRecipe())}
 
-__all__ = ["RECIPES", "ClassifyRecipe"]
+__all__ = ["RECIPES", "ClassifyRecipe", "DetectRecipe"]

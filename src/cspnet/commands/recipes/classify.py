@@ -13,6 +13,7 @@ from ...engine import ClassificationTask
 from ...engine.rundir import BEST, LAST
 from ...models.spec import input_channels
 from ..args import non_negative_float, positive_int
+from ..loading import load_checkpoint_model
 
 
 class ClassifyRecipe:
@@ -63,6 +64,9 @@ class ClassifyRecipe:
 
     # --- val ----------------------------------------------------------------------------------
 
+    def eval_model(self, args):
+        return load_checkpoint_model(args)
+
     def eval_data(self, args, spec: str, model, meta: dict, path: Path):
         data = build_classify_data(spec, preprocess=self.preprocess_for(model, meta, args.img_size))
         classes = self.class_names(meta, model)
@@ -75,8 +79,11 @@ class ClassifyRecipe:
                              "validate on the data the model was trained for")
         return data
 
-    def eval_task(self, data) -> ClassificationTask:
+    def eval_task(self, data, model) -> ClassificationTask:
         return ClassificationTask(len(data.classes))
+
+    def write_val_files(self, out: Path, task, metrics: dict) -> None:
+        """Nothing besides metrics.json."""
 
     def val_metrics(self, metrics: dict) -> dict:
         return {"top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"]}

@@ -1,0 +1,70 @@
+"""Detection as a task of the shared engine (:class:`cspnet.engine.Task`): its evaluation is COCO's
+mAP over the whole split, every rank's predictions gathered before scoring.
+
+Batches come from :func:`cspnet.data.collate_detection` over letterboxed images: each target keeps
+``image_id``, ``orig_size`` and the ``letterbox`` parameters, so the predictions are mapped back to
+each image's own pixels before they are scored against the file's boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..data.detect import unletterbox_boxes
+from ..engine.distributed import DistInfo, all_gather_objects
+from .evaluate import CocoEvaluator
+from .yolo_decode import YoloHead, decode, nms
+
+EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.45, 300  # mAP wants every box; darknet's NMS threshold
+
+
+class DetectionTask:
+    """What the engine asks of a task, for a detector with output ``heads`` on ``img_size`` inputs.
+
+    ``ground_truth`` (a COCO dict) and ``category_ids`` (class index -> COCO category id) are the
+    split's, as :meth:`cspnet.data.DetectionSource.coco_gt` and ``.category_ids`` give them. After an
+    evaluation, ``evaluator`` holds the predictions (for the results files and the PR curve).
+    """
+
+    name = "detect"
+    main_metric = "map"
+    plot_panels = {"mAP": ["val_map", "val_map50"]}
+
+    def __init__(self, heads: Sequence[YoloHead], img_size: int, ground_truth: dict, category_ids: Sequence[int],
+                 conf: float = EVAL_CONF, iou: float = EVAL_IOU, max_det: int = EVAL_MAX_DET):
+        self.heads, self.img_size = list(heads), int(img_size)
+        self.ground_truth, self.category_ids = ground_truth, list(category_ids)
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+        if self.heads[0].num_classes != len(self.category_ids):
+            raise ValueError(f"the detector predicts {self.heads[0].num_classes} classes, the data has "
+                             f"{len(self.category_ids)}")
+        self.evaluator: CocoEvaluator | None = None
+
+    def targets_to(self, targets, device: torch.device):
+        return targets  # evaluation reads them on the CPU
+
+    def eval_start(self, device: torch.device) -> CocoEvaluator:
+        return CocoEvaluator(self.ground_truth, self.category_ids)
+
+    def eval_update(self, evaluator: CocoEvaluator, outputs, targets) -> None:
+        size = (self.img_size, self.img_size)
+        for det, target in zip(nms(decode(outputs, self.heads, size), self.conf, self.iou, self.max_det), targets,
+                               strict=True):
+            boxes = unletterbox_boxes(det["boxes"].float().cpu(), target["letterbox"], target["orig_size"])
+            evaluator.update(target["image_id"], boxes, det["scores"].float().cpu(), det["labels"].cpu())
+
+    def eval_finish(self, evaluator: CocoEvaluator, dist: DistInfo) -> dict:
+        """COCO metrics of every rank's predictions (scored once, the same on every rank)."""
+        if dist.enabled:
+            evaluator.set_results([r for part in all_gather_objects(evaluator.results(), dist) for r in part])
+        metrics = evaluator.summarize()
+        self.evaluator = evaluator
+        summary = {k: (v if v is not None else float("nan")) for k, v in metrics.items()
+                   if k in ("map", "map50", "map75", "maps", "mapm", "mapl", "ar100")}
+        return {**summary, "images": metrics["num_images"], "predictions": metrics["num_predictions"],
+                "per_class": metrics["per_class"]}
+
+    def summary(self, metrics: dict) -> str:
+        return f"mAP@0.5:0.95 {metrics['map']:.4f}  mAP@0.5 {metrics['map50']:.4f}"
