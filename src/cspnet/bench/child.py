@@ -24,8 +24,11 @@ def run_child(cmd: list[str], env: dict | None = None):
     import json
     import subprocess
 
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.split(CHILD_MARK, 1)[1].splitlines()[0])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or CHILD_MARK not in proc.stdout:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"benchmark child {' '.join(cmd[1:3])} failed (exit {proc.returncode}): {last}")
+    return json.loads(proc.stdout.split(CHILD_MARK, 1)[1].splitlines()[0])
 
 
 def machine_info() -> str:

@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
 
 def _detector_options(args) -> dict:
     """The NMS options (checked before any model is built); one-line errors for misuse."""
-    from ..detection.export import check_nms_options
+    from ..detection.detector import check_thresholds
     from ..errors import NAME_ONLY, OptionError
 
     given = {k: getattr(args, k) for k in NMS_DEFAULTS if getattr(args, k) is not None}
@@ -66,7 +66,7 @@ def _detector_options(args) -> dict:
         name = next(iter(given))
         raise OptionError(f"{{{name}}} applies only with {{nms}}", **{name: given[name]}, nms=NAME_ONLY)
     options = {**NMS_DEFAULTS, **given}
-    check_nms_options(**options)
+    check_thresholds(**options)
     return options
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write_bytes
+from ..layers import calibrate_batchnorms
 from .errors import WeightsError, read_bytes
 from .layers import Connected, Convolutional
 from .network import DarknetNet
@@ -166,22 +167,8 @@ def randomize(module: DarknetNet, seed: int = 0, calibrate: bool = True) -> Dark
             bn.running_var.uniform_(0.5, 2.0, generator=g)
             bn.num_batches_tracked.zero_()
             bns.append(bn)
-        if calibrate and bns:
-            _calibrate(net, bns, g)
-    return net
-
-
-def _calibrate(net: DarknetNet, bns, g) -> None:
-    training = net.training
-    net.eval()
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: after one batch, the running stats are its stats
-        bn.train()
-    try:
-        net(torch.randn(2, *net.input_shape, generator=g))
-    finally:
-        for bn, m in zip(bns, momenta, strict=True):
-            bn.momentum = m
+    if calibrate and bns:
+        training = net.training
+        calibrate_batchnorms(net, torch.randn(2, *net.input_shape, generator=g))
         net.train(training)
+    return net

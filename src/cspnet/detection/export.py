@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..checkpoint import atomic_write_bytes
-from ..errors import OptionError, first_line
+from ..errors import first_line
 from ..inference import export as engines_mod
 from ..inference.export import (
     DEFAULT_OPSET,
@@ -42,7 +42,7 @@ from ..inference.export import (
     simplify_onnx,
     to_onnx_bytes,
 )
-from .detector import Detector
+from .detector import Detector, check_thresholds
 
 RAW, DECODED = "raw", "decode"
 NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_labels")
@@ -128,13 +128,6 @@ def _pair(img_size) -> tuple[int, int]:
     return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
 
 
-def check_nms_options(conf: float, iou: float, max_det: int) -> None:
-    for name, value in (("conf", conf), ("iou", iou)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise OptionError(f"{{{name}}} must lie in [0, 1]", **{name: value})
-    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
-        raise OptionError("{max_det} must be a positive integer", max_det=max_det)
-
 
 class DecodedDetector(nn.Module):
     """``detector`` with its decode (and, with ``nms``, class-wise NMS) as graph ops, at a fixed
@@ -153,7 +146,7 @@ class DecodedDetector(nn.Module):
             detector._check_size(dim)
         if len({bool(hd.new_coords) for hd in detector.heads}) > 1:
             raise ValueError("a detector whose outputs mix new_coords=0 and 1 cannot be exported with its decode")
-        check_nms_options(conf, iou, max_det)
+        check_thresholds(conf, iou, max_det)
         self.detector, self.img_size, self.stride = detector, (h, w), stride
         self.nms, self.conf, self.iou = bool(nms), float(conf), float(iou)
         self.new_coords = bool(detector.heads[0].new_coords)

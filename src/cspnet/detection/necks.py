@@ -140,7 +140,23 @@ class PANet(nn.Module):
         return list(range(self.levels))
 
 
-class FPN(nn.Module):
+class CoarseToFine(nn.Module):
+    """A neck whose ``top`` works on the coarsest level and whose ``steps`` go down one level each,
+    with a head after each (FPN, PRN): outputs coarse to fine, written in that order by the cfgs."""
+
+    levels: int
+
+    def darknet_order(self) -> list[str]:
+        order = ["top", "head.0"]
+        for j in range(self.levels - 1):
+            order += [f"steps.{j}", f"head.{j + 1}"]
+        return order
+
+    def output_levels(self) -> list[int]:
+        return list(reversed(range(self.levels)))
+
+
+class FPN(CoarseToFine):
     """YOLOv3's feature pyramid: ``top`` on the coarsest level, then top-down steps
     (``[up(reduce(P_i+1)), C_i]``, a conv stack), a head at every level. Outputs coarse to fine.
     ``top_depth=1, depth=0`` is yolov3-tiny's neck (one 1x1 on top; the heads' 3x3 does the rest)."""
@@ -163,15 +179,6 @@ class FPN(nn.Module):
         for step, i in zip(self.steps, reversed(range(self.levels - 1)), strict=True):
             outs.append(step(outs[-1], feats[i]))
         return outs
-
-    def darknet_order(self) -> list[str]:
-        order = ["top", "head.0"]
-        for j in range(self.levels - 1):
-            order += [f"steps.{j}", f"head.{j + 1}"]
-        return order
-
-    def output_levels(self) -> list[int]:
-        return list(reversed(range(self.levels)))
 
 
 class PRNTop(nn.Module):
@@ -211,7 +218,7 @@ class PRNStep(nn.Module):
         return self.act(partial_add(self.act(b + u), fine)), b
 
 
-class PRN(nn.Module):
+class PRN(CoarseToFine):
     """Partial residual network neck: :class:`PRNTop` on the coarsest level, then :class:`PRNStep`s
     down to the finest; the heads are 1x1 predictions only. Outputs coarse to fine."""
 
@@ -230,12 +237,3 @@ class PRN(nn.Module):
             out, skip = step(skip, feats[i])
             outs.append(out)
         return outs
-
-    def darknet_order(self) -> list[str]:
-        order = ["top", "head.0"]
-        for j in range(self.levels - 1):
-            order += [f"steps.{j}", f"head.{j + 1}"]
-        return order
-
-    def output_levels(self) -> list[int]:
-        return list(reversed(range(self.levels)))

@@ -397,7 +397,7 @@ class Trainer:
             self._note_skipped(metrics["skipped_files"])
             self.epoch = epoch + 1
             row = {"epoch": self.epoch, **train,
-                   **{f"val_{k}": v for k, v in metrics.items() if k != "skipped_files"},
+                   **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},  # scalars: the CSV
                    "epoch_s": time.perf_counter() - start}
             self.history.append(row)
             improved = metrics[main] > self.best["value"]

@@ -3,7 +3,7 @@
 from .activations import ACTIVATIONS, check_act, make_act
 from .conv import BnActConv, ConvBnAct
 from .dense import DenseBlock, DenseLayer
-from .fold import count_batchnorms, fold_batchnorms
+from .fold import calibrate_batchnorms, count_batchnorms, fold_batchnorms
 from .pelee import StemBlock, TwoWayDenseLayer, two_way_dense_block
 from .pooling import AvgPool2x2, ClassifierHead, DarknetMaxPool
 from .shortcut import partial_add
@@ -22,6 +22,7 @@ __all__ = [
     "PoolConv",
     "StemBlock",
     "TwoWayDenseLayer",
+    "calibrate_batchnorms",
     "check_act",
     "count_batchnorms",
     "fold_batchnorms",

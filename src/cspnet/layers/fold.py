@@ -83,3 +83,26 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
 def count_batchnorms(model: nn.Module) -> int:
     """BatchNorm layers left in ``model`` (those :func:`fuse` could not fold)."""
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def calibrate_batchnorms(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of ``model(inputs)`` (one batch, a
+    cumulative average), so an untrained model's activations keep unit size through its depth in
+    eval mode, as a trained model's do: what benchmarks and converter tests with random weights need
+    (with BN's initial statistics they grow layer by layer until fp32 rounding decides the output).
+    The model is left in eval mode. Returns ``model``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        model(inputs)
+    finally:
+        for bn, m in zip(bns, momenta, strict=True):
+            bn.momentum = m
+            bn.eval()
+    return model
