@@ -233,7 +233,7 @@ def test_coco_structural_errors_are_one_line_naming_the_file(tmp_path):
         load_detection_source(root)
     assert [r.image_id for r in load_detection_source(root, splits=("train",)).train] == [5]
     for spec in (tmp_path / "nope", tmp_path / "nope.yaml", tmp_path / "images"):
-        with pytest.raises(ValueError, match=rf"^{spec}: .*detection data is a YOLO data YAML") as e:
+        with pytest.raises(ValueError, match=rf"^{spec}: .*detection data is builtin .*, a YOLO data YAML") as e:
             load_detection_source(spec)
         assert "\n" not in str(e.value)
 

@@ -207,8 +207,10 @@ def test_a_failing_family_import_is_reported_and_retried():
 
 
 def test_every_engine_option_is_a_train_flag_with_the_engines_default():
+    """Unset flags take the task's defaults (its recipe's ``engine_defaults``), else the engine's."""
     from cspnet.cli import build_parser
-    from cspnet.commands.driver import RUN_OPTIONS
+    from cspnet.commands.driver import RUN_OPTIONS, train_config
+    from cspnet.commands.recipes import RECIPES
     from cspnet.engine import TrainConfig
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
@@ -217,8 +219,12 @@ def test_every_engine_option_is_a_train_flag_with_the_engines_default():
         if field.name in RUN_OPTIONS:
             continue
         assert field.name in actions, f"TrainConfig.{field.name} has no flag"
-        assert actions[field.name].default == field.default, field.name
-    args = build_parser().parse_args(["train"])
-    from cspnet.commands.driver import train_config
-
-    assert train_config(args) == TrainConfig(workers=None, progress=True)
+        action = actions[field.name]
+        if field.default is not None and field.default is not False:
+            assert action.default is None and f"default {field.default}" in action.help, field.name
+    assert train_config(build_parser().parse_args(["train"])) == TrainConfig(workers=None, progress=True)
+    detect = RECIPES["detect"].engine_defaults
+    assert detect and "(detect " in actions["epochs"].help
+    assert train_config(build_parser().parse_args(["train", "--task", "detect"])) == TrainConfig(
+        **detect, workers=None, progress=True)
+    assert train_config(build_parser().parse_args(["train", "--task", "detect", "--epochs", "3"])).epochs == 3

@@ -71,6 +71,24 @@ def test_torchrun_cli(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("best")) == ["best.json", "best.safetensors"]
 
 
+def test_torchrun_detection(tmp_path):
+    """``torchrun -m cspnet train --task detect``: the detection task on the same DDP path; the mAP is
+    scored once over both ranks' predictions (every validation image counted once)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from detect_data import rectangles_set
+
+    data = rectangles_set(tmp_path / "data", n_train=8, n_val=5)
+    out = tmp_path / "run"
+    proc = _run([*TORCHRUN, "-m", "cspnet", "train", "--task", "detect", "--data", str(data), "--epochs", "1",
+                 "--img-size", "64", "--batch-size", "4", "--out", str(out), "--quiet", "--workers", "0"], tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["epoch"] == 1
+    assert proc.stdout.count("val mAP@0.5:0.95") == 1  # rank 0 alone prints
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"val mAP@0.5:0.95 {metrics['map']:.4f}")
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert {p["image_id"] for p in predictions} == set(range(1, 6))  # both ranks' shares, gathered
+
+
 def _plain_net() -> nn.Module:
     """No BatchNorm: with per-rank statistics (torch has no CPU SyncBatchNorm) nothing else differs
     between one process and N."""

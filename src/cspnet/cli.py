@@ -28,6 +28,7 @@ COMMANDS = {
     "train": "driver",
     "val": "driver",
     "predict": "driver",
+    "anchors": "anchors",
 }
 
 

@@ -31,6 +31,17 @@ def run_child(cmd: list[str], env: dict | None = None):
     return json.loads(proc.stdout.split(CHILD_MARK, 1)[1].splitlines()[0])
 
 
+def cpu_flags() -> str:
+    """The first ``flags`` line of /proc/cpuinfo (AVX-512, VNNI, AMX, bf16 decide the kernels torch picks)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def machine_info() -> str:
     """One line naming the CPU, threads, library versions and the load when it was called, so a
     committed figure says what it was measured on and whether the machine was quiet."""

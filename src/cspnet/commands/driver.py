@@ -66,12 +66,21 @@ def _model_option(text: str) -> tuple[str, object]:
 
 
 def _add_engine_options(p) -> None:
+    """One flag per engine option. Unset, a flag is None and :func:`train_config` fills in the task's
+    default (``engine_defaults`` of its recipe), else TrainConfig's; the help lists both."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for field, kwargs in ENGINE_OPTIONS.items():
         kwargs, default = dict(kwargs), defaults[field]
-        if default is not None and kwargs.get("action") != "store_true" and "default" not in kwargs.get("help", ""):
-            kwargs["help"] = "; ".join(filter(None, (kwargs.get("help"), f"default {default}")))
-        p.add_argument(flag_for(field), default=default, **kwargs)
+        if kwargs.get("action") == "store_true":
+            p.add_argument(flag_for(field), default=default, **kwargs)
+            continue
+        own = [f"{r.name} {r.engine_defaults[field]}" for r in RECIPES.values() if field in r.engine_defaults]
+        if "default" not in kwargs.get("help", ""):
+            said = f"default {default}" if default is not None else ""
+            kwargs["help"] = "; ".join(filter(None, (kwargs.get("help"), said)))
+        if own:
+            kwargs["help"] += f" ({', '.join(own)})"
+        p.add_argument(flag_for(field), default=None, **kwargs)
 
 
 def _add_run_options(p, loader: bool = True) -> None:
@@ -227,8 +236,14 @@ def _new_run_dir(args, dist) -> Path:
 
 
 def train_config(args) -> TrainConfig:
-    """The engine's options from the command line (every TrainConfig field has its flag)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in RUN_OPTIONS}
+    """The engine's options from the command line (every TrainConfig field has its flag); an unset
+    flag takes the task's default, else the engine's."""
+    own = RECIPES[getattr(args, "task", "classify")].engine_defaults
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in RUN_OPTIONS:
+            given = getattr(args, f.name)
+            values[f.name] = given if given is not None else own.get(f.name, f.default)
     return TrainConfig(**values, workers=args.workers, progress=not args.quiet)
 
 
@@ -263,6 +278,9 @@ def _train(args, dist, where: dict) -> int:
     args.data = args.data or "builtin"
     get_entry(args.model)  # an unknown name fails before any data is read
     cfg = train_config(args)  # and so does a bad engine option
+    for f in dataclasses.fields(TrainConfig):  # the options as resolved: what the run saves and resumes with
+        if f.name not in RUN_OPTIONS and getattr(args, f.name) is None:
+            setattr(args, f.name, getattr(cfg, f.name))
     in_chans = args.in_chans
     if args.checkpoint and not state:
         args.checkpoint = str(resolve_checkpoint(args.checkpoint))
@@ -274,12 +292,15 @@ def _train(args, dist, where: dict) -> int:
     seed_everything(args.seed)
     model = create_model(args.model, checkpoint=args.checkpoint if not state else None, **recipe.model_kwargs(data),
                          **dict(args.model_args))
+    if state is None:
+        recipe.prepare_model(args, model)
     run_dir = Path(args.out) if state else _new_run_dir(args, dist)
     where["run_dir"] = run_dir
     saved_args = {k: v for k, v in vars(args).items() if k != "func"}
     params = count_params(model)[0]
     trainer = Trainer(
-        model, recipe.task(args, data), data.train, data.val, recipe.collate, cfg, dist, run_dir,
+        model, recipe.task(args, data, model), data.train, data.val, recipe.train_collate(args, data, model), cfg,
+        dist, run_dir, val_collate_fn=recipe.collate,
         extra=recipe.checkpoint_extra(args, data),
         info={"model": args.model, "data": args.data, "params": params, "run_dir": str(run_dir)},
         title=f"{args.model} on {args.data}",
@@ -295,6 +316,7 @@ def _train(args, dist, where: dict) -> int:
               f"{dist.world_size} process(es) on {dist.device}; run dir {run_dir}", flush=True)
     final = trainer.fit(saved_args)
     if dist.is_main:
+        recipe.after_fit(trainer, run_dir)
         first, *rest = recipe.final_lines(final, run_dir)
         print(f"{trainer.epoch} epochs in {final['wall_s']:.0f} s; {first}")
         for line in rest:

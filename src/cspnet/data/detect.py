@@ -117,8 +117,9 @@ def letterbox(image: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[float
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     out = image if (new_h, new_w) == (h, w) else F.resize(image, [new_h, new_w], antialias=True)
-    fill = LETTERBOX_FILL if image.dtype == torch.uint8 else LETTERBOX_FILL / 255
-    out = F.pad(out, [pad_x, pad_y, size - new_w - pad_x, size - new_h - pad_y], fill=fill)
+    if (new_h, new_w) != (size, size):
+        fill = LETTERBOX_FILL if image.dtype == torch.uint8 else LETTERBOX_FILL / 255
+        out = F.pad(out, [pad_x, pad_y, size - new_w - pad_x, size - new_h - pad_y], fill=fill)
     return out, (scale, pad_x, pad_y)
 
 

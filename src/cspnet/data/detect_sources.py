@@ -2,12 +2,12 @@
 records in pixels with contiguous labels, the class names, the original category ids, and the COCO
 ground truth an evaluator scores against.
 
-A spec is a data YAML (``.yaml``/``.yml``: YOLO), a folder with ``annotations/instances_*.json``
-(COCO) or a folder with ``data.yaml`` (YOLO). Bad input is handled as COCO tools and ultralytics
-do: a structural problem (no such file, unreadable JSON/YAML, a missing key, a path that does not
-exist) is a one-line ``ValueError`` naming the file and key; a bad entry is skipped (or its box
-clipped) with a one-line warning naming the file and entry, counted per kind, so one bad line
-never stops a run.
+A spec is ``builtin`` (:mod:`cspnet.data.builtin_detect`), a data YAML (``.yaml``/``.yml``: YOLO), a
+folder with ``annotations/instances_*.json`` (COCO) or a folder with ``data.yaml`` (YOLO). Bad input
+is handled as COCO tools and ultralytics do: a structural problem (no such file, unreadable
+JSON/YAML, a missing key, a path that does not exist) is a one-line ``ValueError`` naming the file
+and key; a bad entry is skipped (or its box clipped) with a one-line warning naming the file and
+entry, counted per kind, so one bad line never stops a run.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torchvision.ops import box_convert
 from ..errors import first_line
 
 DETECT_SPEC_HELP = (
-    "detection data is a YOLO data YAML (.yaml/.yml), a COCO folder (annotations/instances_{train,val}.json with "
-    "images/{train,val}/) or a folder holding data.yaml"
+    "detection data is builtin (digits on photographs, generated once), a YOLO data YAML (.yaml/.yml), a COCO "
+    "folder (annotations/instances_{train,val}.json with images/{train,val}/) or a folder holding data.yaml"
 )
 SPLITS = ("train", "val")
 CLIP_TOLERANCE = 1.0  # px a box may overshoot the image unremarked: annotation tools round at the border
@@ -118,10 +118,14 @@ def load_detection_source(spec: str | Path, image_root: str | Path | None = None
                           splits: tuple[str, ...] = SPLITS) -> DetectionSource:
     """Read ``spec`` (see the module docstring); ``image_root`` is where COCO ``file_name``s are
     relative to when not ``images/<split>/``; a split left out of ``splits`` stays empty."""
-    path = Path(spec)
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
         raise ValueError(f"splits={tuple(splits)!r}: choose from {', '.join(SPLITS)}")
+    if str(spec) == "builtin":
+        from .builtin_detect import builtin_detection_root
+
+        return _read_yolo("builtin", builtin_detection_root() / "data.yaml", image_root, splits)
+    path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml"):
         if not path.is_file():
             raise ValueError(f"{path}: no such data YAML; {DETECT_SPEC_HELP}")

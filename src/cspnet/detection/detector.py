@@ -77,6 +77,30 @@ class Detector(nn.Module):
         for head, stride in zip(self.head, self.strides, strict=True):
             head.init_prior(stride, self.img_size)
 
+    def load_backbone(self, path) -> dict:
+        """Start the backbone from a classification checkpoint (a ``cspnet train`` run, or a timm or
+        darknet model converted with ``cspnet convert``), as the paper starts its detectors from
+        ImageNet weights. Tensors whose name and shape match are loaded (at least half of the
+        backbone's, else ValueError); returns what happened:
+        ``loaded``, ``missing`` (backbone tensors the file lacks), ``unused`` (the file's other
+        tensors, e.g. its classifier), ``mismatched`` (same name, another shape)."""
+        from ..checkpoint import read_checkpoint
+
+        state = read_checkpoint(path).state
+        if state and all(k.startswith("backbone.") for k in state):  # a detector's checkpoint
+            state = {k[len("backbone."):]: v for k, v in state.items()}
+        own = self.backbone.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        report = {"loaded": sorted(fits), "missing": sorted(set(own) - set(fits)),
+                  "unused": sorted(set(state) - set(own)),
+                  "mismatched": sorted(k for k in state if k in own and own[k].shape != state[k].shape)}
+        if len(fits) < len(own) / 2:  # a few BatchNorm counters fitting by chance is not a start
+            raise ValueError(f"{path}: only {len(fits)} of the backbone's {len(own)} tensors "
+                             f"({getattr(self.cfg, 'backbone', 'backbone')}) are in it with their shapes; "
+                             "is it that model's checkpoint?")
+        self.backbone.load_state_dict(fits, strict=False)
+        return report
+
     def darknet_order(self) -> list[str]:
         """The parts in the order a darknet cfg writes their convolutions (backbone, then the neck's
         and heads' interleaved as the neck says)."""

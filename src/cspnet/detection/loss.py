@@ -83,31 +83,25 @@ def assign(targets: Sequence[dict], heads: Sequence[YoloHead], grids: Sequence[t
     anchors = torch.tensor([a for h in heads for a in h.anchors], dtype=torch.float32, device=device)
     owner = torch.tensor([i for i, h in enumerate(heads) for _ in h.anchors], device=device)
     local = torch.tensor([a for h in heads for a in range(h.num_anchors)], device=device)
-    parts: list[list[tuple]] = [[] for _ in heads]
-    for b, target in enumerate(targets):
-        boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).to(device).reshape(-1, 4)
-        if not len(boxes):
-            continue
-        labels = torch.as_tensor(target["labels"], device=device).long()
-        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        iou = _shape_iou(wh, anchors)
-        chosen = F.one_hot(iou.argmax(1), len(anchors)).bool() | (iou > iou_thresh)
-        box_idx, anchor_idx = chosen.nonzero(as_tuple=True)
-        for k, j in zip(box_idx.tolist(), anchor_idx.tolist(), strict=True):
-            i = int(owner[j])
-            rows, cols = grids[i]
-            col = min(int(centre[k, 0] / img_size[1] * cols), cols - 1)
-            row = min(int(centre[k, 1] / img_size[0] * rows), rows - 1)
-            parts[i].append((b, int(local[j]), row, col, boxes[k], labels[k]))
+    boxes = [torch.as_tensor(t["boxes"], dtype=torch.float32).to(device).reshape(-1, 4) for t in targets]
+    counts = torch.tensor([len(b) for b in boxes], device=device)
+    if not targets or int(counts.sum()) == 0:
+        return [Positives.empty(device) for _ in heads]
+    image = torch.repeat_interleave(torch.arange(len(targets), device=device), counts)
+    boxes = torch.cat(boxes)
+    labels = torch.cat([torch.as_tensor(t["labels"], device=device).long().reshape(-1) for t in targets])
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    iou = _shape_iou(wh, anchors)
+    chosen = F.one_hot(iou.argmax(1), len(anchors)).bool() | (iou > iou_thresh)
+    box_idx, anchor_idx = chosen.nonzero(as_tuple=True)
+    level = owner[anchor_idx]
     out = []
-    for p in parts:
-        if not p:
-            out.append(Positives.empty(device))
-            continue
-        b, a, r, c, boxes, labels = zip(*p, strict=True)
-        t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
-        out.append(Positives(t(b), t(a), t(r), t(c), torch.stack(boxes), torch.stack(labels)))
+    for i, (rows, cols) in enumerate(grids):
+        k, a = box_idx[level == i], anchor_idx[level == i]
+        col = (centre[k, 0] / img_size[1] * cols).long().clamp(0, cols - 1)
+        row = (centre[k, 1] / img_size[0] * rows).long().clamp(0, rows - 1)
+        out.append(Positives(image[k], local[a], row, col, boxes[k], labels[k]))
     return out
 
 

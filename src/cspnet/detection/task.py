@@ -28,15 +28,17 @@ class DetectionTask:
     ``ground_truth`` (a COCO dict) and ``category_ids`` (class index -> COCO category id) are the
     split's, as :meth:`cspnet.data.DetectionSource.coco_gt` and ``.category_ids`` give them. After an
     evaluation, ``evaluator`` holds the predictions (for the results files and the PR curve).
+    ``data_log`` (e.g. the number of boxes dropped reading the data) is repeated in every results row.
     """
 
     name = "detect"
     main_metric = "map"
-    plot_panels = {"loss": ["train_loss"], "mAP": ["val_map", "val_map50"], "learning rate": ["lr"]}
+    plot_panels = {"loss": ["train_loss", "val_loss"], "loss components (train)": ["box_loss", "obj_loss", "cls_loss"],
+                   "mAP": ["val_map", "val_map50"], "learning rate": ["lr"]}
 
     def __init__(self, heads: Sequence[YoloHead], img_size: int, ground_truth: dict, category_ids: Sequence[int],
                  conf: float = EVAL_CONF, iou: float = EVAL_IOU, max_det: int = EVAL_MAX_DET,
-                 loss: LossConfig | None = None):
+                 loss: LossConfig | None = None, data_log: dict[str, float] | None = None):
         self.heads, self.img_size = list(heads), int(img_size)
         self.ground_truth, self.category_ids = ground_truth, list(category_ids)
         self.conf, self.iou, self.max_det = conf, iou, max_det
@@ -45,7 +47,10 @@ class DetectionTask:
                              f"{len(self.category_ids)}")
         self.evaluator: CocoEvaluator | None = None
         self.yolo_loss = YoloLoss(self.heads, loss or LossConfig())
-        self.loss_parts: dict[str, float] = {}
+        self.loss_parts: dict[str, float] = {}  # the last step's
+        self.data_log = dict(data_log or {})
+        self._sums: dict[str, float] = {}
+        self._steps = 0
 
     def targets_to(self, targets, device: torch.device):
         """Boxes and labels to the device (the loss reads them there); the rest stays as it is."""
@@ -53,7 +58,16 @@ class DetectionTask:
 
     def loss(self, model, inputs: torch.Tensor, targets) -> torch.Tensor:
         total, self.loss_parts = self.yolo_loss(model(inputs), targets, tuple(inputs.shape[-2:]))
+        for k, v in self.loss_parts.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._steps += 1
         return total
+
+    def epoch_log(self) -> dict[str, float]:
+        """``box_loss``, ``obj_loss``, ``cls_loss``: the epoch's mean per image; then ``data_log``."""
+        out = {f"{k}_loss": v / max(self._steps, 1) for k, v in self._sums.items()}
+        self._sums, self._steps = {}, 0
+        return {**out, **self.data_log}
 
     def eval_start(self, device: torch.device) -> dict:
         """The predictions so far and the loss sum and image count (the validation loss)."""

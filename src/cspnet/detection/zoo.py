@@ -195,6 +195,7 @@ CFGS = {
                                        head_conv=False, anchors=TINY_ANCHORS, masks=_TINY_MASKS, img_size=128),
     "csppeleenet_tiny_efm": replace(_EFM, backbone="csppeleenet_tiny", widths=(16, 32, 64), img_size=128),
     "csppeleenet_tiny_gfm": replace(_EFM, backbone="csppeleenet_tiny", neck="gfm", widths=(16, 32, 64), img_size=128),
+    "csppeleenet_tiny_prn": replace(_prn("csppeleenet_tiny", (2, 4)), widths=(32, 64), img_size=128),
 }
 
 DOCS = {
@@ -219,6 +220,7 @@ DOCS = {
     "peleenet_prn3l": "Pelee-PRN-3l at 320 (PRN README; no cfg, reconstructed)",
     "csppeleenet_tiny_efm": "EFM detector on csppeleenet_tiny, for tests and demos",
     "csppeleenet_tiny_gfm": "GFM detector on csppeleenet_tiny, for tests and demos",
+    "csppeleenet_tiny_prn": "PRN detector on csppeleenet_tiny, for tests and demos (Table 2's PRN row, tiny)",
 }
 
 register_provider(lambda: [("detector", DetectorCfg, build_detector, CFGS, DOCS)])

@@ -34,6 +34,10 @@ class Task(Protocol):
 
     def summary(self, metrics: dict) -> str: ...
 
+    def epoch_log(self) -> dict[str, float]:
+        """The task's own columns of an epoch's results row (read, then reset, after its last step)."""
+        ...
+
 
 class ClassificationTask:
     """Cross-entropy (with label smoothing) for training; loss, top-1 and top-5 (%) for evaluation.
@@ -80,6 +84,9 @@ class ClassificationTask:
         if n == 0:
             raise ValueError("the validation split has no readable images")
         return {"loss": loss / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "images": int(n)}
+
+    def epoch_log(self) -> dict[str, float]:
+        return {}
 
     def summary(self, metrics: dict) -> str:
         return f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%"

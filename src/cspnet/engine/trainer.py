@@ -132,7 +132,8 @@ def evaluate(model: nn.Module, loader: DataLoader, task: Task, dist: DistInfo, a
 class Trainer:
     """Trains ``model`` on ``train_set`` for ``cfg.epochs`` and evaluates on ``val_set`` after each.
 
-    ``collate_fn`` must build batches ``{"inputs": tensor, "targets": ..., "skipped": [names]}``;
+    ``collate_fn`` must build batches ``{"inputs": tensor, "targets": ..., "skipped": [names]}``
+    (``val_collate_fn``, when given, builds the validation batches: no multi-scale there);
     ``extra`` goes into every checkpoint's metadata (class names, preprocessing, ...), ``info``
     into metrics.json (model, data, ...), ``title`` onto the plot.
     """
@@ -140,7 +141,7 @@ class Trainer:
     def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, collate_fn,
                  cfg: TrainConfig, dist: DistInfo | None = None, run_dir: Path | None = None,
                  extra: dict | None = None, info: dict | None = None, title: str = "",
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, val_collate_fn=None):
         self.cfg, self.task = cfg, task
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -186,7 +187,7 @@ class Trainer:
                 f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}; "
                 "lower {batch_size}", batch_size=NAME_ONLY,
             )
-        self.val_loader = eval_loader(val_set, per_rank, cfg.workers, collate_fn, self.dist)
+        self.val_loader = eval_loader(val_set, per_rank, cfg.workers, val_collate_fn or collate_fn, self.dist)
 
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         total = cfg.epochs * self.steps_per_epoch
@@ -288,8 +289,13 @@ class Trainer:
             average_buffers(self.ema.module, self.dist)
         totals = all_reduce_sum(torch.tensor([loss_sum.item(), seen, skipped], dtype=torch.float64,
                                              device=device), self.dist).tolist()
+        own = self.task.epoch_log()  # the task's columns (loss components, ...): averaged over the ranks
+        if own:
+            values = all_reduce_sum(torch.tensor(list(own.values()), dtype=torch.float64, device=device), self.dist)
+            own = dict(zip(own, (values / self.dist.world_size).tolist(), strict=True))
         return {
             "train_loss": totals[0] / totals[1],
+            **own,
             "lr": self.lr,
             "train_images_per_s": totals[1] / max(elapsed, 1e-9),
             "skipped": int(totals[2]),

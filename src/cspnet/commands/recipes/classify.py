@@ -15,9 +15,12 @@ from ...models.spec import input_channels
 from ..args import non_negative_float, positive_int
 from ..loading import load_checkpoint_model
 
+LABEL_SMOOTHING = 0.1
+
 
 class ClassifyRecipe:
     name = "classify"
+    engine_defaults: dict = {}  # TrainConfig's own
     default_model = "cspresnext_tiny"
     collate = staticmethod(collate)
     data_help = ("builtin (default), an ImageFolder dir with train/ and val/, a CIFAR python-batches dir, "
@@ -25,9 +28,10 @@ class ClassifyRecipe:
 
     def add_options(self, p, verb: str) -> None:
         if verb == "train":
-            p.add_argument("--label-smoothing", type=non_negative_float, default=0.1, help="default 0.1")
+            p.add_argument("--label-smoothing", type=non_negative_float, default=None,
+                           help=f"default {LABEL_SMOOTHING} (detect: 0, darknet's)")
             p.add_argument("--hflip", type=non_negative_float, default=None,
-                           help="horizontal-flip probability (default 0.5; 0 for the digits)")
+                           help="horizontal-flip probability (default 0.5; 0 for the digits, classify and detect)")
             p.add_argument("--no-crop", dest="crop", action="store_false",
                            help="no random crops in training (flip only): fits faster in short schedules")
         if verb == "predict":
@@ -45,8 +49,18 @@ class ClassifyRecipe:
     def model_kwargs(self, data) -> dict:
         return {"num_classes": len(data.classes), "in_chans": data.in_chans}
 
-    def task(self, args, data) -> ClassificationTask:
-        return ClassificationTask(len(data.classes), args.label_smoothing)
+    def task(self, args, data, model) -> ClassificationTask:
+        smoothing = LABEL_SMOOTHING if args.label_smoothing is None else args.label_smoothing
+        return ClassificationTask(len(data.classes), smoothing)
+
+    def train_collate(self, args, data, model):
+        return collate
+
+    def prepare_model(self, args, model) -> None:
+        """Nothing: ``--checkpoint`` has loaded the whole model."""
+
+    def after_fit(self, trainer, run_dir: Path) -> None:
+        """Nothing beyond the engine's files."""
 
     def checkpoint_extra(self, args, data) -> dict:
         return {"classes": data.classes, "preprocess": data.preprocess, "data": args.data}

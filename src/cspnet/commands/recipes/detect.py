@@ -5,6 +5,7 @@ run as darknet's own network)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,17 +13,33 @@ import torch
 from torchvision.transforms import v2
 
 from ...checkpoint import atomic_write_json
-from ...data import DETECT_SPEC_HELP, DetectionDataset, Letterbox, collate_detection, image_paths, load_detection_source
+from ...data import (
+    DETECT_SPEC_HELP,
+    DetectionDataset,
+    DetectionSource,
+    Letterbox,
+    collate_detection,
+    image_paths,
+    load_detection_source,
+)
+from ...data.detect_augment import MULTI_SCALE, Augment, DetectionTrainSet, MultiScaleCollate, eval_transforms
 from ...data.images import open_image, to_channels
+from ...detection.anchors import anchor_fit, box_shapes, format_anchors, kmeans_anchors
 from ...detection.coco import class_names
 from ...detection.detector import predict_images
+from ...detection.draw import GRID_IMAGES, PREDICTED, draw_boxes, validation_grid
 from ...detection.evaluate import per_class_table
+from ...detection.loss import BOX_LOSSES, LossConfig
 from ...detection.task import EVAL_CONF, EVAL_IOU, EVAL_MAX_DET, DetectionTask
+from ...detection.zoo import DetectorCfg
+from ...engine.rundir import BEST, LAST
 from ...errors import OptionError
+from ...models.registry import get_entry
 from ..args import non_negative_float, positive_int
 from ..loading import load_checkpoint_model
 
 PREDICT_CONF = 0.25
+MOSAIC = 0.5
 
 
 @dataclass
@@ -49,13 +66,41 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+@dataclass
+class TrainData:
+    """Both splits ready to train on, and what the driver reports of them."""
+
+    source: DetectionSource
+    train: DetectionTrainSet
+    val: DetectionDataset
+    img_size: int
+    anchors: tuple | None  # k-means anchors replacing the model's, when those fit the data badly
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.source.classes)
+
+
 class DetectRecipe:
     name = "detect"
     default_model = "cspdarknet_tiny_prn"
     collate = staticmethod(collate_detection)
     data_help = DETECT_SPEC_HELP
+    engine_defaults = {"epochs": 30, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3, "warmup_epochs": 1.0}
 
     def add_options(self, p, verb: str) -> None:
+        if verb == "train":
+            p.add_argument("--box-loss", choices=BOX_LOSSES, default="mse",
+                           help="detect: the box term: darknet's mse on offsets and log sizes, or an IoU loss "
+                                "(giou: the paper's; diou, ciou) (default mse)")
+            p.add_argument("--mosaic", type=_unit_interval, nargs="?", const=MOSAIC, default=0.0,
+                           help=f"detect: probability of a four-image mosaic (--mosaic alone: {MOSAIC}; default 0)")
+            p.add_argument("--multi-scale", action="store_true",
+                           help="detect: darknet's random=1, each batch at a random multiple of the stride within "
+                                f"{MULTI_SCALE[0]:g}-{MULTI_SCALE[1]:g}x the input size")
+            p.add_argument("--backbone-checkpoint", default=None,
+                           help="detect: start the backbone from a classification checkpoint (a cspnet train run, or "
+                                "a timm or darknet model converted with cspnet convert); says which tensors loaded")
         if verb in ("val", "predict"):
             p.add_argument("--cfg", default=None, help="detect: a darknet .cfg to run as it is (with --weights)")
             p.add_argument("--weights", default=None, help="detect: the darknet .weights file of --cfg")
@@ -66,6 +111,108 @@ class DetectRecipe:
             p.add_argument("--iou", type=_unit_interval, default=EVAL_IOU, help=f"detect: NMS IoU (default {EVAL_IOU})")
             p.add_argument("--max-det", type=positive_int, default=EVAL_MAX_DET,
                            help=f"detect: boxes kept per image (default {EVAL_MAX_DET})")
+
+    # --- train --------------------------------------------------------------------------------
+
+    def train_data(self, args, in_chans: int | None) -> TrainData:
+        if in_chans not in (None, 3):
+            raise OptionError("detectors read RGB images; drop {in_chans}", in_chans=in_chans)
+        cfg = get_entry(args.model).cfg
+        if not isinstance(cfg, DetectorCfg):
+            raise ValueError(f"{args.model} is not a detector; `cspnet list` names them (or use --task classify)")
+        cfg = cfg.override(dict(args.model_args))
+        source = load_detection_source(args.data)
+        if source.num_warnings:
+            print(f"warning: {source.summary()}", file=sys.stderr)
+        if not source.train or not source.val:
+            raise ValueError(f"{args.data}: detection training needs images in both splits "
+                             f"({len(source.train)} train, {len(source.val)} val)")
+        size = args.img_size or cfg.img_size
+        if size % 32:  # every zoo detector's coarsest stride
+            raise OptionError("{img_size} must be a multiple of 32", img_size=size)
+        hflip = (0.0 if args.data == "builtin" else 0.5) if args.hflip is None else args.hflip
+        augment = Augment(hflip=hflip, mosaic=args.mosaic)
+        anchors = self._check_anchors(args, source, cfg, size)
+        return TrainData(source, DetectionTrainSet(source.train, size, augment),
+                         DetectionDataset(source.val, eval_transforms(size)), size, anchors)
+
+    @staticmethod
+    def _check_anchors(args, source: DetectionSource, cfg, size: int):
+        """Say how the model's anchors fit the training boxes; replace them by k-means ones when
+        fewer than GOOD_RECALL of the boxes are reachable, unless weights or anchors were given."""
+        wh = box_shapes(source.train, size)
+        if not len(wh):
+            return None
+        used = [cfg.anchors[a] for m in cfg.masks for a in m]
+        fit = anchor_fit(wh, used)
+        line = (f"anchors: {fit.recall:.1%} of {fit.boxes} training boxes reachable, mean best IoU "
+                f"{fit.mean_iou:.3f} at {size} px")
+        keep = fit.good or args.checkpoint or args.resume or "anchors" in dict(args.model_args)
+        if keep:
+            print(line + ("" if fit.good else "; they fit badly: see `cspnet anchors`"), file=sys.stderr)
+            return None
+        new = kmeans_anchors(wh, len(cfg.anchors))
+        better = anchor_fit(wh, [new[a] for m in cfg.masks for a in m])
+        print(f"{line}; they fit badly, using k-means anchors {format_anchors(new)} ({better.recall:.1%}, "
+              f"mean IoU {better.mean_iou:.3f})", file=sys.stderr)
+        anchors = tuple(tuple(int(v) for v in a) for a in new.tolist())
+        args.model_args = [*args.model_args, ("anchors", anchors)]  # saved with the run, so --resume keeps them
+        return anchors
+
+    def in_memory(self, data) -> bool:
+        return False
+
+    def model_kwargs(self, data: TrainData) -> dict:
+        return {"num_classes": len(data.classes), "img_size": data.img_size}
+
+    def prepare_model(self, args, model) -> None:
+        if not args.backbone_checkpoint:
+            return
+        from ...engine import resolve_checkpoint
+
+        path = resolve_checkpoint(args.backbone_checkpoint)
+        report = model.load_backbone(path)
+        n_own = len(report["loaded"]) + len(report["missing"])
+        line = f"backbone: loaded {len(report['loaded'])} of {n_own} tensors from {path}"
+        for key in ("missing", "mismatched", "unused"):
+            if report[key]:
+                line += f"; {key} {len(report[key])} (first: {report[key][0]})"
+        print(line, file=sys.stderr)
+
+    def task(self, args, data: TrainData, model) -> DetectionTask:
+        smoothing = 0.0 if args.label_smoothing is None else args.label_smoothing
+        dropped = {f"data_{kind.replace(' ', '_')}": n for kind, n in sorted(data.source.counts.items())}
+        return DetectionTask(model.heads, data.img_size, data.source.coco_gt("val"), data.source.category_ids,
+                             loss=LossConfig(box_loss=args.box_loss, label_smoothing=smoothing), data_log=dropped)
+
+    def train_collate(self, args, data: TrainData, model):
+        return MultiScaleCollate(data.img_size, max(model.strides)) if args.multi_scale else collate_detection
+
+    def checkpoint_extra(self, args, data: TrainData) -> dict:
+        return {"classes": data.classes, "data": args.data}
+
+    def summary(self, data: TrainData) -> tuple[str, str]:
+        boxes = sum(r.num_targets for r in data.source.train)
+        return (f"3x{data.img_size}x{data.img_size}", f"{len(data.source.train)} train / {len(data.source.val)} val "
+                f"images, {boxes} training boxes, {len(data.classes)} classes")
+
+    def after_fit(self, trainer, run_dir: Path) -> None:
+        """The last evaluation's predictions.json, per_class_ap.md and pr_curve.png, and
+        val_images.png: validation images with their true (green) and predicted (red) boxes."""
+        evaluator = trainer.task.evaluator
+        if evaluator is None:  # a finished run only rewriting its reports: nothing evaluated now
+            return
+        evaluator.save(run_dir, evaluator.summarize(), write_metrics=False)
+        data = trainer.val_loader.dataset
+        records = getattr(data, "records", None) or getattr(data, "dataset", data).records
+        names = list(trainer.extra.get("classes") or map(str, range(trainer.model.num_classes)))
+        validation_grid(run_dir / "val_images.png", DetectionDataset(records[:GRID_IMAGES]), evaluator.results(),
+                        names, trainer.task.category_ids)
+
+    def final_lines(self, final: dict, run_dir: Path) -> list[str]:
+        return [f"best mAP@0.5:0.95 {final['best_map']:.4f} at epoch {final['best_epoch']} ({run_dir / BEST})",
+                f"val mAP@0.5:0.95 {final['map']:.4f}  mAP@0.5 {final['map50']:.4f}  "
+                f"(epoch {final['epoch']}, {run_dir / LAST})"]
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -122,9 +269,6 @@ class DetectRecipe:
             raise OptionError(f"{{img_size}} must be a multiple of the detector's stride {stride}", img_size=size)
         return size
 
-    def in_memory(self, data) -> bool:
-        return False
-
     def eval_task(self, data: EvalData, model) -> DetectionTask:
         return DetectionTask(model.heads, data.img_size, data.ground_truth, data.category_ids, data.conf, data.iou,
                              data.max_det)
@@ -148,8 +292,6 @@ class DetectRecipe:
     def predict(self, args, model, meta: dict, files: list[str], device, optimize) -> None:
         """Draw each image's boxes into ``--out`` and write every detection to detections.json;
         every file is read (and a bad one refused) before the model runs."""
-        from torchvision.utils import draw_bounding_boxes
-
         from ...plots import save_image
         from ..driver import RUNS, _numbered_dir, _safe_name
 
@@ -166,8 +308,7 @@ class DetectRecipe:
         for path, img, det in zip(files, images, dets, strict=True):
             pairs = zip(det["labels"].tolist(), det["scores"].tolist(), strict=True)
             labels = [f"{names[c]} {s:.2f}" for c, s in pairs]
-            pixels = v2.functional.pil_to_tensor(img)
-            drawn = draw_bounding_boxes(pixels, det["boxes"], labels, colors="red", width=2) if labels else pixels
+            drawn = draw_boxes(v2.functional.pil_to_tensor(img), det["boxes"], labels, PREDICTED)
             save_image(drawn, out / (Path(path).stem + ".png"))
             report.append({"file": str(path), "width": img.width, "height": img.height, "detections": [
                 {"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label, "class": names[label]}
