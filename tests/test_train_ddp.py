@@ -83,7 +83,7 @@ def test_torchrun_detection(tmp_path):
                  "--img-size", "64", "--batch-size", "4", "--out", str(out), "--quiet", "--workers", "0"], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epoch"] == 1
-    assert proc.stdout.count("val mAP@0.5:0.95") == 1  # rank 0 alone prints
+    assert proc.stdout.count("val mAP@0.5:0.95") == 1 and proc.stderr.count("anchors: ") == 1  # rank 0 alone
     assert proc.stdout.strip().splitlines()[-1].startswith(f"val mAP@0.5:0.95 {metrics['map']:.4f}")
     predictions = json.loads((out / "predictions.json").read_text())
     assert {p["image_id"] for p in predictions} == set(range(1, 6))  # both ranks' shares, gathered

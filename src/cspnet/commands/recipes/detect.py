@@ -5,6 +5,7 @@ run as darknet's own network)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,12 @@ class EvalData:
     conf: float
     iou: float
     max_det: int
+
+
+def _note(line: str) -> None:
+    """A start-of-run remark on stderr, once per run (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
 
 
 def _unit_interval(text: str) -> float:
@@ -123,7 +130,7 @@ class DetectRecipe:
         cfg = cfg.override(dict(args.model_args))
         source = load_detection_source(args.data)
         if source.num_warnings:
-            print(f"warning: {source.summary()}", file=sys.stderr)
+            _note(f"warning: {source.summary()}")
         if not source.train or not source.val:
             raise ValueError(f"{args.data}: detection training needs images in both splits "
                              f"({len(source.train)} train, {len(source.val)} val)")
@@ -149,12 +156,12 @@ class DetectRecipe:
                 f"{fit.mean_iou:.3f} at {size} px")
         keep = fit.good or args.checkpoint or args.resume or "anchors" in dict(args.model_args)
         if keep:
-            print(line + ("" if fit.good else "; they fit badly: see `cspnet anchors`"), file=sys.stderr)
+            _note(line + ("" if fit.good else "; they fit badly: see `cspnet anchors`"))
             return None
         new = kmeans_anchors(wh, len(cfg.anchors))
         better = anchor_fit(wh, [new[a] for m in cfg.masks for a in m])
-        print(f"{line}; they fit badly, using k-means anchors {format_anchors(new)} ({better.recall:.1%}, "
-              f"mean IoU {better.mean_iou:.3f})", file=sys.stderr)
+        _note(f"{line}; they fit badly, using k-means anchors {format_anchors(new)} ({better.recall:.1%}, "
+              f"mean IoU {better.mean_iou:.3f})")
         anchors = tuple(tuple(int(v) for v in a) for a in new.tolist())
         args.model_args = [*args.model_args, ("anchors", anchors)]  # saved with the run, so --resume keeps them
         return anchors
@@ -177,7 +184,7 @@ class DetectRecipe:
         for key in ("missing", "mismatched", "unused"):
             if report[key]:
                 line += f"; {key} {len(report[key])} (first: {report[key][0]})"
-        print(line, file=sys.stderr)
+        _note(line)
 
     def task(self, args, data: TrainData, model) -> DetectionTask:
         smoothing = 0.0 if args.label_smoothing is None else args.label_smoothing
