@@ -243,8 +243,9 @@ def throughput(quick: bool) -> list[str]:
 def header(title: str, argv: str) -> list[str]:
     from cspnet.bench.child import cpu_flags, machine_info
 
-    return [f"# {title}", "", f"Written by `python benchmarks/detect_train.py{argv}` on "
-            f"{time.strftime('%Y-%m-%d %H:%M')}.", f"Machine: {machine_info()}.", f"CPU flags: `{cpu_flags()}`.", ""]
+    return [f"# {title}", "", f"Last written by `python benchmarks/detect_train.py{argv}` on "
+            f"{time.strftime('%Y-%m-%d %H:%M')} (each section names its own run).", f"Machine: {machine_info()}.",
+            f"CPU flags: `{cpu_flags()}`.", ""]
 
 
 def _merge(path: Path, title: str, argv: str, sections: dict[str, list[str]]) -> None:
@@ -271,7 +272,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     parts = args.part or list(PARTS)
     RUNS.mkdir(parents=True, exist_ok=True)
-    done = {part: globals()[part](args.quick) for part in parts}
+    done = {}
+    for part in parts:
+        lines = globals()[part](args.quick)
+        when = time.strftime("%Y-%m-%d %H:%M")
+        stamp = (f"Section written by `python benchmarks/detect_train.py --part {part}` on {when} (a training run "
+                 "already finished under runs/bench-detect/ is reused, not re-run).")
+        done[part] = [lines[0], "", stamp, *lines[1:]]  # each section says when it was measured
     if args.quick:
         print("\n".join(line for lines in done.values() for line in lines))
         return 0

@@ -93,7 +93,9 @@ class DetectRecipe:
     default_model = "cspdarknet_tiny_prn"
     collate = staticmethod(collate_detection)
     data_help = DETECT_SPEC_HELP
-    engine_defaults = {"epochs": 30, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3, "warmup_epochs": 1.0}
+    # measured on builtin (see the note of issue 14): AdamW at 1e-2 learns several times faster than 3e-3;
+    # 20 epochs of the tiny default detector fit in 10 minutes on 2 CPU cores
+    engine_defaults = {"epochs": 20, "batch_size": 32, "optimizer": "adamw", "lr": 1e-2, "warmup_epochs": 1.0}
 
     def add_options(self, p, verb: str) -> None:
         if verb == "train":
