@@ -120,7 +120,7 @@ def demo(quick: bool) -> list[str]:
     argv = ["--epochs", "1"] if quick else []
     m = train("demo-quick" if quick else "demo", argv)
     return ["## The demo: `cspnet train --task detect`", "",
-            "The default tiny CSP detector (`cspdarknet_tiny_prn`) on `builtin` detection data (scikit-learn's "
+            f"The default tiny CSP detector (`{m['model']}`) on `builtin` detection data (scikit-learn's "
             "digits pasted on its sample photographs; 1,000 train / 200 val images at 128 px), the task's default "
             "recipe, nothing else on the command line.", "",
             "| epochs | mAP@0.5 | mAP@0.5:0.95 | wall time (training + evaluation) | whole command |",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cspnet.cli import main
+from cspnet.commands.recipes import RECIPES
 from cspnet.detection.anchors import anchor_fit, format_anchors, kmeans_anchors, shape_iou
 from detect_data import rectangles_set
 
@@ -42,7 +43,7 @@ def test_anchors_command_prints_both_fits_and_a_set_line(tmp_path):
         assert main(["anchors", "--data", str(data), "--img-size", "64", "--n", "4"]) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("12 training boxes of ") and "at 64 px" in lines[0]
-    assert "cspdarknet_tiny_prn's anchors" in lines[1] and "k-means, 4 anchors" in lines[2]
+    assert f"{RECIPES['detect'].default_model}'s anchors" in lines[1] and "k-means, 4 anchors" in lines[2]
     anchors = eval(lines[-1].removeprefix("--set anchors="))  # noqa: S307 - our own output
     assert len(anchors) == 4 and all(len(a) == 2 for a in anchors)
     assert "--set anchors=... must give as many" in out.getvalue()  # 4 is not the model's 6

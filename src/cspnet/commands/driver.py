@@ -103,13 +103,13 @@ def _add_common(p, verb: str) -> None:
 
 
 def add_parser(sub) -> None:
-    default_model = RECIPES["classify"].default_model
     p = sub.add_parser("train", help="train a model (default: a tiny CSP classifier on the built-in digits)",
                        description="Train a model. The run directory gets best/last .safetensors "
                                    "(+ .json), last.state.pt (for --resume), results.csv, results.png and "
                                    "metrics.json.")
-    p.add_argument("--model", default=None, help=f"model name, see `cspnet list` (default {default_model})")
-    p.add_argument("--data", default=None, help=RECIPES["classify"].data_help)
+    p.add_argument("--model", default=None, help="model name, see `cspnet list` (default: " + "; ".join(
+        f"{r.name} {r.default_model}" for r in RECIPES.values()) + ")")
+    p.add_argument("--data", default=None, help="; ".join(f"{r.name}: {r.data_help}" for r in RECIPES.values()))
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
                    help="model input channels (default: 1 for all-grey data, else 3; images are converted)")
     p.add_argument("--set", dest="model_args", type=_model_option, action="append", default=[],

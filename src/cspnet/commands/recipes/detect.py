@@ -90,7 +90,7 @@ class TrainData:
 
 class DetectRecipe:
     name = "detect"
-    default_model = "cspdarknet_tiny_prn"
+    default_model = "cspdarknet_tiny_fpn"  # learns the builtin set 1.6x faster than the PRN (issue 14 note)
     collate = staticmethod(collate_detection)
     data_help = DETECT_SPEC_HELP
     # measured on builtin (see the note of issue 14): AdamW at 1e-2 learns several times faster than 3e-3;
