@@ -29,12 +29,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..data import load_detection_source
     from ..detection.anchors import RECALL_IOU, anchor_fit, box_shapes, format_anchors, kmeans_anchors
-    from ..detection.zoo import DetectorCfg
-    from ..models.registry import get_entry
+    from ..detection.zoo import detector_cfg
 
-    cfg = get_entry(args.model).cfg
-    if not isinstance(cfg, DetectorCfg):
-        raise ValueError(f"{args.model} is not a detector; `cspnet list` names them")
+    cfg = detector_cfg(args.model)
     size = args.img_size or cfg.img_size
     source = load_detection_source(args.data, splits=("train",))
     if source.num_warnings:
@@ -42,7 +39,7 @@ def run(args) -> int:
     wh = box_shapes(source.train, size)
     n = args.n or len(cfg.anchors)
     new = kmeans_anchors(wh, n, seed=args.seed)
-    current = [cfg.anchors[a] for m in cfg.masks for a in m]
+    current = cfg.used_anchors()
     print(f"{len(wh)} training boxes of {args.data} at {size} px; a box is reachable when an anchor's shape IoU "
           f"with it is >= {RECALL_IOU}")
     for what, anchors in ((f"{args.model}'s anchors", current), (f"k-means, {n} anchors", new)):

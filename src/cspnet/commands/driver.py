@@ -316,7 +316,7 @@ def _train(args, dist, where: dict) -> int:
               f"{dist.world_size} process(es) on {dist.device}; run dir {run_dir}", flush=True)
     final = trainer.fit(saved_args)
     if dist.is_main:
-        recipe.after_fit(trainer, run_dir)
+        recipe.after_fit(trainer, data, run_dir)
         first, *rest = recipe.final_lines(final, run_dir)
         print(f"{trainer.epoch} epochs in {final['wall_s']:.0f} s; {first}")
         for line in rest:

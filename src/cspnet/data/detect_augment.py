@@ -62,9 +62,12 @@ def train_transforms(img_size: int, augment: Augment) -> v2.Compose:
     if augment.hflip:
         steps.append(v2.RandomHorizontalFlip(augment.hflip))
     steps += _jitter(augment.hsv)
-    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=MIN_BOX),
-              v2.ToDtype(torch.float32, scale=True)]
-    return v2.Compose(steps)
+    return v2.Compose([*steps, *_keep_inside(), v2.ToDtype(torch.float32, scale=True)])
+
+
+def _keep_inside() -> list:
+    """Boxes clipped to the image, and those left thinner than ``MIN_BOX`` dropped with their labels."""
+    return [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=MIN_BOX)]
 
 
 def eval_transforms(img_size: int) -> v2.Compose:
@@ -81,7 +84,7 @@ class DetectionTrainSet(Dataset):
         self.base = DetectionDataset(records, Letterbox(img_size), substitute=True)
         self.img_size, self.augment = int(img_size), augment
         self.post = train_transforms(img_size, augment)
-        self.clip = v2.Compose([v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=MIN_BOX)])
+        self.clip = v2.Compose(_keep_inside())
 
     def __len__(self) -> int:
         return len(self.base)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 RECALL_IOU = 0.25
 GOOD_RECALL = 0.98  # ultralytics' autoanchor threshold
@@ -27,9 +28,13 @@ def box_shapes(records: Sequence, img_size: int) -> np.ndarray:
     return wh[(wh > 0).all(1)]
 
 
-def shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """(N, A) IoU of boxes and anchors placed on one centre."""
-    inter = np.minimum(wh[:, None], anchors[None]).prod(-1)
+def shape_iou(wh, anchors):
+    """(N, A) IoU of box shapes ``wh`` (N, 2) and anchors (A, 2) placed on one centre: the loss's
+    assignment (tensors in, a tensor out) and the k-means here (arrays in, an array out)."""
+    if isinstance(wh, np.ndarray):
+        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+        return shape_iou(as_t(wh), as_t(anchors)).numpy()
+    inter = torch.min(wh[:, None], anchors[None]).prod(-1)
     return inter / (wh.prod(-1)[:, None] + anchors.prod(-1)[None] - inter)
 
 
@@ -50,7 +55,7 @@ class AnchorFit:
 def anchor_fit(wh: np.ndarray, anchors) -> AnchorFit:
     if not len(wh):
         return AnchorFit(float("nan"), float("nan"), 0)
-    best = shape_iou(wh, np.asarray(anchors, dtype=np.float64)).max(1)
+    best = shape_iou(wh, anchors).max(1)
     return AnchorFit(float(best.mean()), float((best >= RECALL_IOU).mean()), len(wh))
 
 

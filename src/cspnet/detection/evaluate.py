@@ -129,6 +129,7 @@ class CocoEvaluator:
         self.precision: np.ndarray | None = None  # COCOeval's [T=10 IoUs, R=101 recalls, K, A=4 areas, M=3]
         self.recall_thresholds: np.ndarray | None = None
         self.eval_category_ids: list[int] = []  # the K axis of precision
+        self.summary: dict | None = None  # what the last summarize() returned, with that precision
 
     @property
     def num_classes(self) -> int:
@@ -137,6 +138,7 @@ class CocoEvaluator:
     def reset(self) -> None:
         self._results = []
         self.precision = None
+        self.summary = None
 
     def update(self, image_id, boxes, scores, labels) -> None:
         """Add one image's predictions: ``boxes`` (N, 4) xyxy in the image's pixels, ``scores`` (N,),
@@ -217,14 +219,18 @@ class CocoEvaluator:
         ]
         metrics["num_images"] = len(self._image_ids)
         metrics["num_predictions"] = len(self._results)
+        self.summary = metrics
         return metrics
 
     def save(self, directory: str | os.PathLike, metrics: dict | None = None, write_metrics: bool = True) -> dict:
         """Writes :data:`FILES` into ``directory`` (``metrics.json`` unless ``write_metrics`` is False);
-        returns the metrics (``metrics`` if given, else a fresh :meth:`summarize`)."""
+        returns the metrics (``metrics`` if given, else the last :meth:`summarize`'s, scoring now if
+        nothing was scored yet)."""
         directory = Path(directory)
-        if metrics is None or self.precision is None:  # the plot needs this evaluation's precision
+        if self.precision is None:  # the plot needs this evaluation's precision
             metrics = self.summarize()
+        elif metrics is None:
+            metrics = self.summary
         atomic_write_bytes(directory / FILES["results"], json.dumps(self._results, separators=(",", ":")).encode())
         if write_metrics:
             atomic_write_json(directory / FILES["metrics"], metrics)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
 from ..errors import OptionError
+from .anchors import shape_iou
 from .yolo_decode import YoloHead, decode_head
 
 BOX_LOSSES = ("mse", "giou", "diou", "ciou")
@@ -69,12 +70,6 @@ class Positives:
         return cls(z, z, z, z, torch.zeros(0, 4, device=device), z)
 
 
-def _shape_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes ``wh`` (N, 2) and anchors (A, 2) placed on one centre: (N, A)."""
-    inter = torch.min(wh[:, None], anchors[None]).prod(-1)
-    return inter / (wh.prod(-1)[:, None] + anchors.prod(-1)[None] - inter)
-
-
 def assign(targets: Sequence[dict], heads: Sequence[YoloHead], grids: Sequence[tuple[int, int]],
            img_size: tuple[int, int], iou_thresh: float = 1.0) -> list[Positives]:
     """The positive cells of every output for a batch whose ``targets[b]`` hold ``boxes`` (xyxy,
@@ -92,7 +87,7 @@ def assign(targets: Sequence[dict], heads: Sequence[YoloHead], grids: Sequence[t
     labels = torch.cat([torch.as_tensor(t["labels"], device=device).long().reshape(-1) for t in targets])
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    iou = _shape_iou(wh, anchors)
+    iou = shape_iou(wh, anchors)
     chosen = F.one_hot(iou.argmax(1), len(anchors)).bool() | (iou > iou_thresh)
     box_idx, anchor_idx = chosen.nonzero(as_tuple=True)
     level = owner[anchor_idx]

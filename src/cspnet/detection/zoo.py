@@ -58,6 +58,12 @@ class DetectorCfg:
     backbone_args: tuple[tuple[str, Any], ...] = ()
     reference: Reference | None = None
 
+    def used_anchors(self, anchors=None) -> list:
+        """The anchors the outputs use, in mask order (a tiny cfg's anchor 0 is listed but unused);
+        of ``anchors`` instead of the config's when given (candidates for the same masks)."""
+        anchors = self.anchors if anchors is None else anchors
+        return [anchors[a] for m in self.masks for a in m]
+
     def override(self, overrides: dict) -> DetectorCfg:
         """Fields of the detector are set; any other key is a backbone override (checked against the
         backbone's config now, so a typo fails here). The reference figures no longer apply."""
@@ -70,6 +76,14 @@ class DetectorCfg:
         if not mine:
             return self
         return replace(self, **mine, reference=mine.get("reference"))
+
+
+def detector_cfg(name: str) -> DetectorCfg:
+    """The registered detector's config; a ValueError when ``name`` is another kind of model."""
+    cfg = get_entry(name).cfg
+    if not isinstance(cfg, DetectorCfg):
+        raise ValueError(f"{name} is not a detector; `cspnet list` names them")
+    return cfg
 
 
 def _base_neck(cfg: DetectorCfg, in_chs: list[int]):

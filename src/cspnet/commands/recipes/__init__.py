@@ -6,7 +6,7 @@ does the rest (options, resume, run directories, the engine, devices, DDP).
 The methods a recipe has: ``add_options(parser, verb)``; train: ``train_data(args, in_chans)``,
 ``in_memory(data)``, ``model_kwargs(data)``, ``prepare_model(args, model)``, ``task(args, data, model)``,
 ``train_collate(args, data, model)``, ``checkpoint_extra(args, data)``, ``summary(data)``,
-``after_fit(trainer, run_dir)``, ``final_lines(final, run_dir)``; val: ``eval_model(args)``,
+``after_fit(trainer, data, run_dir)``, ``final_lines(final, run_dir)``; val: ``eval_model(args)``,
 ``eval_data(args, spec, model, meta, path)``, ``eval_task(data, model)``, ``val_metrics(metrics)``,
 ``val_line(metrics)``, ``write_val_files(out, task, metrics)``; predict: ``files(items)``,
 ``predict(args, model, meta, files, device, optimize)``; and the attributes ``name``,

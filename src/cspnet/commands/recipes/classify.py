@@ -59,7 +59,7 @@ class ClassifyRecipe:
     def prepare_model(self, args, model) -> None:
         """Nothing: ``--checkpoint`` has loaded the whole model."""
 
-    def after_fit(self, trainer, run_dir: Path) -> None:
+    def after_fit(self, trainer, data, run_dir: Path) -> None:
         """Nothing beyond the engine's files."""
 
     def checkpoint_extra(self, args, data) -> dict:

@@ -32,10 +32,9 @@ from ...detection.draw import GRID_IMAGES, PREDICTED, draw_boxes, validation_gri
 from ...detection.evaluate import per_class_table
 from ...detection.loss import BOX_LOSSES, LossConfig
 from ...detection.task import EVAL_CONF, EVAL_IOU, EVAL_MAX_DET, DetectionTask
-from ...detection.zoo import DetectorCfg
+from ...detection.zoo import detector_cfg
 from ...engine.rundir import BEST, LAST
 from ...errors import OptionError
-from ...models.registry import get_entry
 from ..args import non_negative_float, positive_int
 from ..loading import load_checkpoint_model
 
@@ -126,10 +125,7 @@ class DetectRecipe:
     def train_data(self, args, in_chans: int | None) -> TrainData:
         if in_chans not in (None, 3):
             raise OptionError("detectors read RGB images; drop {in_chans}", in_chans=in_chans)
-        cfg = get_entry(args.model).cfg
-        if not isinstance(cfg, DetectorCfg):
-            raise ValueError(f"{args.model} is not a detector; `cspnet list` names them (or use --task classify)")
-        cfg = cfg.override(dict(args.model_args))
+        cfg = detector_cfg(args.model).override(dict(args.model_args))
         source = load_detection_source(args.data)
         if source.num_warnings:
             _note(f"warning: {source.summary()}")
@@ -152,8 +148,7 @@ class DetectRecipe:
         wh = box_shapes(source.train, size)
         if not len(wh):
             return None
-        used = [cfg.anchors[a] for m in cfg.masks for a in m]
-        fit = anchor_fit(wh, used)
+        fit = anchor_fit(wh, cfg.used_anchors())
         line = (f"anchors: {fit.recall:.1%} of {fit.boxes} training boxes reachable, mean best IoU "
                 f"{fit.mean_iou:.3f} at {size} px")
         keep = fit.good or args.checkpoint or args.resume or "anchors" in dict(args.model_args)
@@ -161,7 +156,7 @@ class DetectRecipe:
             _note(line + ("" if fit.good else "; they fit badly: see `cspnet anchors`"))
             return None
         new = kmeans_anchors(wh, len(cfg.anchors))
-        better = anchor_fit(wh, [new[a] for m in cfg.masks for a in m])
+        better = anchor_fit(wh, cfg.used_anchors(new))
         _note(f"{line}; they fit badly, using k-means anchors {format_anchors(new)} ({better.recall:.1%}, "
               f"mean IoU {better.mean_iou:.3f})")
         anchors = tuple(tuple(int(v) for v in a) for a in new.tolist())
@@ -205,18 +200,15 @@ class DetectRecipe:
         return (f"3x{data.img_size}x{data.img_size}", f"{len(data.source.train)} train / {len(data.source.val)} val "
                 f"images, {boxes} training boxes, {len(data.classes)} classes")
 
-    def after_fit(self, trainer, run_dir: Path) -> None:
+    def after_fit(self, trainer, data: TrainData, run_dir: Path) -> None:
         """The last evaluation's predictions.json, per_class_ap.md and pr_curve.png, and
         val_images.png: validation images with their true (green) and predicted (red) boxes."""
         evaluator = trainer.task.evaluator
         if evaluator is None:  # a finished run only rewriting its reports: nothing evaluated now
             return
-        evaluator.save(run_dir, evaluator.summarize(), write_metrics=False)
-        data = trainer.val_loader.dataset
-        records = getattr(data, "records", None) or getattr(data, "dataset", data).records
-        names = list(trainer.extra.get("classes") or map(str, range(trainer.model.num_classes)))
-        validation_grid(run_dir / "val_images.png", DetectionDataset(records[:GRID_IMAGES]), evaluator.results(),
-                        names, trainer.task.category_ids)
+        evaluator.save(run_dir, write_metrics=False)
+        validation_grid(run_dir / "val_images.png", DetectionDataset(data.source.val[:GRID_IMAGES]),
+                        evaluator.results(), data.classes, data.source.category_ids)
 
     def final_lines(self, final: dict, run_dir: Path) -> list[str]:
         return [f"best mAP@0.5:0.95 {final['best_map']:.4f} at epoch {final['best_epoch']} ({run_dir / BEST})",
