@@ -128,3 +128,21 @@ def test_the_same_seed_draws_the_same_samples(records):
     for (a, ta), (b, tb) in zip(*draws, strict=True):
         assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"])
     assert np.isfinite([float(x[0].sum()) for x in draws[0]]).all()
+
+
+def test_a_cached_set_draws_what_an_uncached_one_does_and_keeps_its_cache_intact(records):
+    plain = DetectionTrainSet(records, SIZE, Augment(hflip=0.5, mosaic=0.5))
+    cached = DetectionTrainSet(records, SIZE, Augment(hflip=0.5, mosaic=0.5), cache=True)
+    for epoch in range(2):  # the second epoch reads every image from the cache
+        draws = []
+        for data in (plain, cached):
+            torch.manual_seed(epoch)
+            draws.append([data[i] for i in range(len(data))])
+        for (a, ta), (b, tb) in zip(*draws, strict=True):
+            assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"],
+                                                                                              tb["labels"])
+    assert sorted(cached.cache) == list(range(len(records)))
+    for i, (image, target) in cached.cache.items():  # transforms never wrote into a cached sample
+        fresh, want = plain.base[i]
+        assert torch.equal(image, fresh) and torch.equal(target["boxes"], want["boxes"])
+        assert "skipped" not in target

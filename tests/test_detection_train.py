@@ -152,6 +152,33 @@ def test_backbone_checkpoint_loads_a_classifiers_weights(tmp_path):
     assert f"backbone: loaded {n} of {n} tensors from {tmp_path / 'cls.safetensors'}; unused 2" in err
 
 
+def test_builtin_pretraining_trains_the_backbone_on_the_digits_first(tmp_path):
+    from cspnet.commands.recipes.detect import IOU_THRESH, PRETRAIN_EPOCHS
+    from cspnet.engine import STATE_FILE, load_state
+
+    data = rectangles_set(tmp_path / "data", n_train=8)
+    rc, out, err = _main(["train", "--task", "detect", "--data", data, "--epochs", "1", "--out", tmp_path / "run",
+                          "--backbone-checkpoint", "builtin", "--set", "fusion=none", *TINY])
+    assert rc == 0, err
+    pretrained = tmp_path / "run" / "backbone" / "best.safetensors"
+    assert "backbone: pretraining cspdarknet_tiny on the built-in digits" in err
+    meta = cspnet.checkpoint.read_metadata(pretrained)
+    assert meta["model"] == "cspdarknet_tiny" and meta["epoch"] == PRETRAIN_EPOCHS  # a classification run
+    n = len(cspnet.create_model("cspdarknet_tiny_prn", fusion="none").backbone.state_dict())
+    # with the detector's backbone overrides (fusion=none), so every tensor fits: none missing or mismatched
+    assert f"backbone: loaded {n} of {n} tensors from {pretrained}; unused 2" in err
+    saved = load_state(tmp_path / "run" / STATE_FILE)["args"]
+    assert saved["backbone_checkpoint"] == str(pretrained) and saved["iou_thresh"] == IOU_THRESH
+    assert out.count("top-1") >= PRETRAIN_EPOCHS  # the pretraining reports as any classification run does
+    rc, _, err = _main(["train", "--task", "detect", "--data", data, "--epochs", "1", "--out", tmp_path / "own",
+                        "--iou-thresh", "1", *TINY])
+    saved = load_state(tmp_path / "own" / STATE_FILE)["args"]
+    assert rc == 0 and "pretraining" not in err and saved["backbone_checkpoint"] == "none"  # not builtin data
+    assert saved["iou_thresh"] == 1.0
+    rc, _, err = _main(["train", "--task", "detect", "--data", data, "--iou-thresh", "0", *TINY])
+    assert rc == 2 and "--iou-thresh" in err and "must be > 0" in err and err.count("\n") == 1
+
+
 def test_training_replaces_anchors_that_fit_badly_and_resume_keeps_them(tmp_path):
     from cspnet.engine import STATE_FILE, load_state
 

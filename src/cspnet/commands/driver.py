@@ -247,6 +247,13 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(**values, workers=args.workers, progress=not args.quiet)
 
 
+def _train_parser() -> argparse.ArgumentParser:
+    """``cspnet train``'s own parser, for the runs the driver starts itself (a recipe's pretraining)."""
+    sub = argparse.ArgumentParser(prog="cspnet").add_subparsers()
+    add_parser(sub)
+    return sub.choices["train"]
+
+
 def run_train(args) -> int:
     from ..engine import init_distributed, shutdown
 
@@ -292,10 +299,14 @@ def _train(args, dist, where: dict) -> int:
     seed_everything(args.seed)
     model = create_model(args.model, checkpoint=args.checkpoint if not state else None, **recipe.model_kwargs(data),
                          **dict(args.model_args))
-    if state is None:
-        recipe.prepare_model(args, model)
     run_dir = Path(args.out) if state else _new_run_dir(args, dist)
     where["run_dir"] = run_dir
+    if state is None:
+        first = recipe.pretraining(args, run_dir, dist)
+        if first:  # e.g. the backbone's classification run, inside this run's directory
+            _train(_train_parser().parse_args(first), dist, {})
+            seed_everything(args.seed)
+        recipe.prepare_model(args, model)
     saved_args = {k: v for k, v in vars(args).items() if k != "func"}
     params = count_params(model)[0]
     trainer = Trainer(

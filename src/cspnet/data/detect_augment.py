@@ -29,8 +29,8 @@ MULTI_SCALE = (0.75, 1.25)  # the range of batch sizes around img_size (multiple
 class Augment:
     """What training does to each sample. ``scale``: affine zoom range; ``translate``: fraction of the
     side; ``hsv``: (hue, saturation, value) jitter as in darknet's cfgs (``hue``, ``saturation``,
-    ``exposure`` as fractions; hue off by default: torchvision's hue shift costs about 2 ms per 128 px
-    image on a CPU core, as much as decoding it); ``mosaic``: probability of a four-image mosaic."""
+    ``exposure`` as fractions; hue off by default: torchvision's hue shift on a tensor costs about 2 ms
+    per 128 px image on a CPU core, as much as decoding it, measured before the pipeline moved to PIL); ``mosaic``: probability of a four-image mosaic."""
 
     hflip: float = 0.5
     scale: tuple[float, float] = (0.75, 1.25)
@@ -54,15 +54,20 @@ def _jitter(hsv: tuple[float, float, float]) -> list:
 
 
 def train_transforms(img_size: int, augment: Augment) -> v2.Compose:
-    """The per-sample pipeline after letterbox (or mosaic): uint8 ``(image, target)`` in, float [0, 1] out."""
-    steps = []
+    """The per-sample pipeline after letterbox (or mosaic): uint8 ``(image, target)`` in, float [0, 1] out.
+
+    The pixels go through PIL for the affine and the colour jitter: on a 128 px image PIL's C
+    kernels take a fraction of the time of torchvision's tensor kernels (about 4x for the affine,
+    more for the jitter, measured in one loader worker), and the data loader shares the CPU with
+    the training step."""
+    steps = [v2.ToPILImage()]
     if augment.scale != (1.0, 1.0) or augment.translate:
         steps.append(v2.RandomAffine(degrees=0, translate=(augment.translate,) * 2, scale=augment.scale,
                                      fill=LETTERBOX_FILL))
     if augment.hflip:
         steps.append(v2.RandomHorizontalFlip(augment.hflip))
     steps += _jitter(augment.hsv)
-    return v2.Compose([*steps, *_keep_inside(), v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose([*steps, v2.ToImage(), *_keep_inside(), v2.ToDtype(torch.float32, scale=True)])
 
 
 def _keep_inside() -> list:
@@ -78,22 +83,35 @@ class DetectionTrainSet(Dataset):
     """Training samples of ``records``: each letterboxed to ``img_size`` (or, with probability
     ``augment.mosaic``, four of them tiled on a 2x canvas and a random ``img_size`` window cut from
     it), then :func:`train_transforms`. Unreadable images are replaced by the next readable one and
-    named in ``target["skipped"]``, as :class:`DetectionDataset` does."""
+    named in ``target["skipped"]``, as :class:`DetectionDataset` does.
 
-    def __init__(self, records, img_size: int, augment: Augment = Augment()):
+    ``cache``: keep each letterboxed uint8 image after its first read (a small set decoded once, not
+    every epoch; for a loader without workers, whose process lives as long as the run)."""
+
+    def __init__(self, records, img_size: int, augment: Augment = Augment(), cache: bool = False):
         self.base = DetectionDataset(records, Letterbox(img_size), substitute=True)
         self.img_size, self.augment = int(img_size), augment
         self.post = train_transforms(img_size, augment)
         self.clip = v2.Compose(_keep_inside())
+        self.cache: dict[int, tuple] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def letterboxed(self, i: int):
+        """Sample ``i`` letterboxed, untransformed (from the cache when there is one)."""
+        if self.cache is None:
+            return self.base[i]
+        if i not in self.cache:
+            self.cache[i] = self.base[i]
+        image, target = self.cache[i]
+        return image, dict(target)  # the transforms make new tensors; a new dict keeps the cached one as it was
 
     def __getitem__(self, i: int):
         if self.augment.mosaic and float(torch.rand(())) < self.augment.mosaic:
             image, target = self.mosaic(i)
         else:
-            image, target = self.base[i]
+            image, target = self.letterboxed(i)
         return self.post(image, target)
 
     def mosaic(self, i: int):
@@ -102,7 +120,7 @@ class DetectionTrainSet(Dataset):
         canvas = torch.full((3, 2 * s, 2 * s), LETTERBOX_FILL, dtype=torch.uint8)
         boxes, labels, skipped = [], [], []
         for k, j in enumerate(picks):
-            image, target = self.base[j]
+            image, target = self.letterboxed(j)
             y, x = (k // 2) * s, (k % 2) * s
             canvas[:, y:y + s, x:x + s] = image
             boxes.append(target["boxes"].as_subclass(torch.Tensor) + torch.tensor([x, y, x, y]))

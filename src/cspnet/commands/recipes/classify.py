@@ -56,6 +56,9 @@ class ClassifyRecipe:
     def train_collate(self, args, data, model):
         return collate
 
+    def pretraining(self, args, run_dir: Path, dist) -> None:
+        """None: a classifier has no separate backbone to pretrain."""
+
     def prepare_model(self, args, model) -> None:
         """Nothing: ``--checkpoint`` has loaded the whole model."""
 
