@@ -48,7 +48,7 @@ IOU_THRESH = 0.213
 # letterboxed training images up to this many bytes are decoded once and kept, and augmented in the
 # training process: on 2 CPU cores loader workers fight the training step's threads for the cores
 CACHE_BYTES = 1 << 30
-PRETRAIN_EPOCHS = 8  # the builtin backbone pretraining: 96-97% top-1 on the digits in about 20 s
+PRETRAIN_EPOCHS = 8  # the builtin backbone pretraining: 96.7% top-1 on the digits in 16 s (the demo run)
 
 
 @dataclass
@@ -152,7 +152,7 @@ class DetectRecipe:
         size = args.img_size or cfg.img_size
         if size % 32:  # every zoo detector's coarsest stride
             raise OptionError("{img_size} must be a multiple of 32", img_size=size)
-        if getattr(args, "iou_thresh", None) is None:
+        if args.iou_thresh is None:
             args.iou_thresh = IOU_THRESH
         hflip = (0.0 if args.data == "builtin" else 0.5) if args.hflip is None else args.hflip
         augment = Augment(hflip=hflip, mosaic=args.mosaic)
