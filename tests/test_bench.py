@@ -135,7 +135,7 @@ def test_cli_bench_prints_a_table(capsys, tmp_path):
 
 @pytest.mark.parametrize("args,expect", [
     (["nosuch"], "unknown model 'nosuch'"),
-    (["resnet_tiny", "--img-size", "100"], "not divisible by the model's stride 32"),
+    (["cspdarknet_tiny_prn", "--img-size", "100"], "not divisible by the model's stride 32"),
     (["resnet_tiny", "--pairs"], "--pairs takes no MODEL"),
     ([], "name at least one MODEL"),
     (["resnet_tiny", "-o", "/nonexistent-dir/b.md"], "does not exist"),
@@ -152,3 +152,32 @@ def test_cuda_request_without_cuda_is_one_line(capsys):
         pytest.skip("this machine has CUDA")
     assert main(["bench", "resnet_tiny", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None,
+                    reason="openvino is not installed (pip install 'cspnet[inference]')")
+def test_openvino_and_int8_engines_time_like_the_others_in_the_sporadic_pattern():
+    res = run_bench(["resnet_tiny"], ("eager", "openvino", "int8"), img_size=32, batch_size=2, rounds=2, warmup=1,
+                    memory=False, progress=False, pattern="sporadic")
+    rows = {r.engine: r for r in res.rows}
+    assert set(rows) == {"eager", "openvino", "int8"}
+    assert rows["openvino"].max_diff <= 1e-4 and rows["openvino"].lat_ms > 0 and rows["openvino"].batch_ms > 0
+    assert rows["int8"].note == "openvino int8, calibrated on random images: time only"
+    assert 0 < rows["int8"].max_diff and rows["int8"].lat_ms > 0
+    assert "(sporadic: each call after 20 ms idle, none primed)" in format_result(res, "md")
+
+
+@pytest.mark.parametrize("engine,module", [("openvino", "openvino"), ("onnxruntime", "onnxruntime")])
+def test_an_engine_that_is_not_installed_is_one_line(engine, module, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)
+    assert main(["bench", "resnet_tiny", "--engine", "eager", engine, "--no-memory"]) == 2
+    err = capsys.readouterr().err.strip()
+    extra = "inference" if engine == "openvino" else "export"
+    assert err == f"cspnet bench: error: --engine {engine} needs {module}: pip install 'cspnet[{extra}]'"
+
+
+def test_calib_data_goes_with_the_int8_engine(capsys):
+    assert main(["bench", "resnet_tiny", "--engine", "eager", "--calib-data", "builtin", "--no-memory"]) == 2
+    assert capsys.readouterr().err.strip() == "cspnet bench: error: --calib-data goes with --engine int8"

@@ -80,11 +80,15 @@ def test_to_channels_values():
     assert to_channels(Image.new("L", (2, 2), 7), 3).getpixel((1, 1)) == (7, 7, 7)
 
 
-def test_corrupt_images_are_skipped_and_named(tmp_path):
+def test_corrupt_images_are_skipped_and_named(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "d", per_class=4)
     bad = root / "train" / "cat" / "1.png"
     bad.write_bytes(bad.read_bytes()[:60])  # truncated
     (root / "val" / "dog" / "0.png").write_bytes(b"not an image")
+    data = build_classify_data(str(root), img_size=8)  # a small folder: every file read now (data.scan)
+    assert [len(s) for s in data.unreadable.values()] == [1, 1] and "1.png" in data.unreadable["train"][0]
+    assert len(data.train) == 7 and len(data.val) == 3 and str(bad) not in [p for p, _ in data.train.source.samples]
+    monkeypatch.setattr("cspnet.data.sources.SCAN_LIMIT", 0)  # a large one: found as the loader meets them
     data = build_classify_data(str(root), img_size=8)
     x, y, skipped = data.train[1]  # the truncated one: replaced by the next file, same class here
     assert x.shape == (3, 8, 8) and y == 0 and len(skipped) == 1 and "1.png" in skipped[0]

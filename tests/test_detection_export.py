@@ -212,7 +212,7 @@ def test_cli_exits_1_naming_each_failing_engine(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("args, expect", [
     (["--img-size", "100"], "--img-size 100 is not divisible by the model's stride 32; use 96 or 128"),
-    (["--img-size", "16"], "--img-size 16 is smaller than the model's total stride 32"),
+    (["--img-size", "16"], "--img-size 16 is not divisible by the model's stride 32; use 32"),
     (["--conf", "0.5"], "--conf 0.5 applies only with --nms"),
     (["--nms", "--iou", "1.5"], "--iou 1.5 must lie in [0, 1]"),
     (["--nms", "--raw"], "--raw writes no decode to run NMS on"),

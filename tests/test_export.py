@@ -1,6 +1,7 @@
 """ONNX export: one model of every family runs in ONNX Runtime and OpenCV DNN with PyTorch's
 outputs; bad input is one line and a non-zero exit."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     elif case == "opset":
         args += ["--opset", "11"]
     elif case == "img size":
-        args[-1] = "100"
+        args[1:2], args[-1] = ["cspdarknet_tiny_prn"], "100"  # classifiers run at any size; detectors do not
     elif case == "missing dir":
         args[3] = str(tmp_path / "nope" / "m.onnx")
     elif case == "read-only dir":
@@ -139,3 +140,53 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("cspnet export: error: ") and expect in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO,
+                                    reason="openvino is not installed (pip install 'cspnet[inference]')")
+
+
+@needs_openvino
+def test_openvino_ir_is_written_with_fp32_weights_and_checked(tmp_path, capsys):
+    out = tmp_path / "r.xml"
+    assert main(["export", "cspdarknet_tiny", "--format", "openvino", "-o", str(out), "--img-size", "64",
+                 "--dynamic-batch"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and out.with_suffix(".bin").is_file()
+    assert "openvino     max abs diff vs PyTorch" in text and text.rstrip().endswith("ok")
+    model = cspnet.create_model("cspdarknet_tiny")
+    weights = sum(p.numel() for p in model.parameters())
+    assert out.with_suffix(".bin").stat().st_size >= 4 * 0.9 * weights  # fp32, not compressed to fp16
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+@needs_openvino
+def test_openvino_check_failure_exits_non_zero(tmp_path, capsys, monkeypatch):
+    real = export_mod.RUNNERS["openvino"]
+    monkeypatch.setitem(export_mod.RUNNERS, "openvino", lambda p, i: [o + 0.01 for o in real(p, i)])
+    assert main(["export", "resnet_tiny", "--format", "openvino", "-o", str(tmp_path / "r.xml"),
+                 "--img-size", "32"]) == 1
+    assert "check failed in openvino" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["suffix", "missing", "detector"])
+def test_openvino_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+    import sys
+
+    args = ["export", "resnet_tiny", "--format", "openvino", "-o", str(tmp_path / "r.xml"), "--img-size", "32"]
+    if case == "suffix":
+        args[5] = str(tmp_path / "r.onnx")
+        expect = "must end in .xml"
+    elif case == "missing":
+        monkeypatch.setitem(sys.modules, "openvino", None)
+        expect = "--format openvino: openvino is not installed: pip install 'cspnet[inference]'"
+    else:
+        args[1], args[-1] = "cspdarknet_tiny_fpn", "64"
+        expect = "--format openvino is for classifiers; a detector exports as ONNX"
+        if not HAVE_OPENVINO:
+            pytest.skip("openvino is not installed")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("cspnet export: error: ") and expect in err, err
+    assert not list(tmp_path.iterdir())

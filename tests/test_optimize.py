@@ -25,7 +25,7 @@ def test_eager_candidates_are_exact_and_the_model_is_untouched(model):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-    fast = cspnet.optimize_for_inference(model, x, compile=False, rounds=3, warmup=1)
+    fast = cspnet.optimize_for_inference(model, x, compile=False, runtimes=False, rounds=3, warmup=1)
     assert fast.chosen in ("eager", "channels_last")
     report = fast.report
     assert set(report.candidates) == {"eager", "channels_last"}
@@ -62,7 +62,7 @@ def test_compile_candidate_is_exact_and_its_cost_reported():
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16")
 def test_bf16_is_opt_in_and_its_error_is_measured(model):
     x = torch.randn(1, 3, 32, 32)
-    fp32 = optimize_for_inference(model, x, compile=False, rounds=1, warmup=1)
+    fp32 = optimize_for_inference(model, x, compile=False, runtimes=False, rounds=1, warmup=1)
     assert "bf16" not in fp32.report.candidates
     fast = optimize_for_inference(model, x, candidates=["bf16"], rounds=1, warmup=1)
     r = fast.report.candidates["bf16"]

@@ -235,12 +235,15 @@ def test_a_grouped_stage_too_narrow_for_any_split_names_gamma_and_groups():
                             "with groups=32 a stage needs at least 33 channels")
 
 
-@pytest.mark.parametrize("size", ["1", "3", "31"])
-def test_cli_info_rejects_inputs_smaller_than_the_network_stride(size, capsys):
-    assert cli(["info", "cspresnext50", "--img-size", size]) == 2
+@pytest.mark.parametrize("size", ["1", "3", "15"])
+def test_cli_info_rejects_inputs_under_the_shared_minimum(size, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's refusal
+        cli(["info", "cspresnext50", "--img-size", size])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"cspnet info: error: --img-size {size} is smaller than the model's total stride 32; "
-                   "use at least 32"]
+    assert err == [f"cspnet info: error: argument --img-size: '{size}' must be at least 16 and at most 4096 "
+                   "(input sizes are 16 to 4096 px for every command; detectors also need a multiple of their "
+                   "stride) (see cspnet info --help)"]
 
 
 def test_cli_info_accepts_odd_sizes_from_the_stride_up(capsys):

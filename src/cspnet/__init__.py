@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 # subpackages and modules imported on first attribute access (README: "Where things are")
 SUBMODULES = (
-    "bench", "checkpoint", "cli", "commands", "convert", "csp", "darknet", "data", "detection", "engine",
+    "analysis", "bench", "checkpoint", "cli", "commands", "convert", "csp", "darknet", "data", "detection", "engine",
     "errors", "inference", "layers", "models", "plots", "weights",
 )
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import first_line
+from .errors import first_line, printable
 
 FORMAT = "cspnet/1"
 PLAIN_FIELDS = ("format", "model")  # stored as they are; everything else is JSON
@@ -44,6 +44,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {  # known JSON fields and their ty
 }
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+TMP_GLOB = ".*.tmp"  # what an interrupted atomic write can leave behind (see atomic_write_bytes)
 
 
 class CheckpointError(ValueError):
@@ -64,7 +65,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise CheckpointError(f"{path}: directory {parent} does not exist")
+        what = "is a file, not a directory" if parent.exists() else "does not exist"
+        raise CheckpointError(f"{printable(path)}: directory {printable(parent)} {what}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's private 0600 is not what a user expects of a result
@@ -118,7 +120,7 @@ def save_checkpoint(model: nn.Module, path, extra: dict | None = None, sidecar: 
     ``sidecar`` also writes the metadata as a readable ``.json`` next to it. Returns the metadata."""
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path}: cspnet writes .safetensors files")
+        raise CheckpointError(f"{printable(path)}: cspnet writes .safetensors files")
     meta = model_metadata(model, extra)
     save_state_dict(model.state_dict(), path, meta)
     if sidecar:
@@ -138,16 +140,39 @@ class Checkpoint:
     state: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
 
+    def __fspath__(self) -> str:  # stands for its file wherever a path is expected (create_model, messages)
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return printable(self.path)
+
 
 def _check_file(path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{printable(path)}: no such file")
     if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
+        raise CheckpointError(f"{printable(path)}: not a file")
+    if path.suffix == ".json":
+        weights = path.with_suffix(".safetensors")
+        hint = f"; the weights are {printable(weights)}" if weights.is_file() else ""
+        raise CheckpointError(f"{printable(path)}: a JSON file (a checkpoint's readable metadata), not weights{hint}")
     if path.suffix not in SUFFIXES:
-        raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; use .safetensors, .pt or .pth")
+        raise CheckpointError(f"{printable(path)}: unknown checkpoint type {path.suffix!r}; use .safetensors, .pt "
+                              "or .pth")
     return path
+
+
+def _kind_of(head: bytes) -> str | None:
+    """What a file that torch cannot read is, from its first bytes (None: nothing recognisable)."""
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "a JSON file"
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+        return "a .safetensors file"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff":
+        return "an image"
+    return None
 
 
 def decode_metadata(raw: dict | None, path) -> dict:
@@ -166,10 +191,10 @@ def decode_metadata(raw: dict | None, path) -> dict:
             value = json.loads(text)
         except (TypeError, ValueError):
             if kind not in (None, str):
-                raise CheckpointError(f"{path}: corrupt {key!r} metadata (not JSON)") from None
+                raise CheckpointError(f"{printable(path)}: corrupt {key!r} metadata (not JSON)") from None
             value = text
         if kind is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is int):
-            raise CheckpointError(f"{path}: corrupt {key!r} metadata (a {type(value).__name__}, not a "
+            raise CheckpointError(f"{printable(path)}: corrupt {key!r} metadata (a {type(value).__name__}, not a "
                                   f"{kind.__name__})")
         meta[key] = value
     return meta
@@ -200,7 +225,14 @@ def load_torch_file(path: Path, what: str = "weights-only torch file"):
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable {what} ({_refusal(e)})") from None
+        try:
+            with open(path, "rb") as f:
+                kind = _kind_of(f.read(64))
+        except OSError:
+            kind = None
+        if kind is not None:  # not a pickle at all: say what it is rather than which opcode failed
+            raise CheckpointError(f"{printable(path)}: {kind}, not a {what}") from None
+        raise CheckpointError(f"{printable(path)}: not a readable {what} ({_refusal(e)})") from None
 
 
 def _tensors_of(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -212,12 +244,15 @@ def _tensors_of(obj, path: Path) -> dict[str, torch.Tensor]:
                 break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
     if not tensors:
-        raise CheckpointError(f"{path}: holds no state dict of tensors")
+        raise CheckpointError(f"{printable(path)}: holds no state dict of tensors")
     return tensors
 
 
 def read_checkpoint(path) -> Checkpoint:
-    """Tensors and metadata of a .safetensors or .pt/.pth file, from one read of it."""
+    """Tensors and metadata of a .safetensors or .pt/.pth file, from one read of it (a
+    :class:`Checkpoint` already read is returned as it is, so callers can read once and pass it on)."""
+    if isinstance(path, Checkpoint):
+        return path
     path = _check_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load
@@ -227,7 +262,7 @@ def read_checkpoint(path) -> Checkpoint:
             state = load(data)
             raw = _safetensors_metadata(data)
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable .safetensors file ({first_line(e)})") from None
+            raise CheckpointError(f"{printable(path)}: not a readable .safetensors file ({first_line(e)})") from None
         return Checkpoint(path, state, decode_metadata(raw, path))
     obj = load_torch_file(path)
     raw = obj.get("cspnet_meta") if isinstance(obj, dict) else None
@@ -246,7 +281,7 @@ def read_metadata(path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata()
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable .safetensors file ({first_line(e)})") from None
+        raise CheckpointError(f"{printable(path)}: not a readable .safetensors file ({first_line(e)})") from None
     return decode_metadata(raw, path)
 
 

@@ -29,6 +29,8 @@ COMMANDS = {
     "val": "driver",
     "predict": "driver",
     "anchors": "anchors",
+    "ablate": "ablate",
+    "grads": "grads",
 }
 
 

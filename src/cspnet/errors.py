@@ -21,6 +21,13 @@ def first_line(e: BaseException | str, limit: int | None = None) -> str:
     return text if limit is None else text[:limit]
 
 
+def printable(text) -> str:
+    """A path (or any text) as it can be shown: bytes that are not UTF-8 (legal in Linux file names,
+    carried by Python as lone surrogates) written as ``\\xff`` escapes, so printing it, plotting it
+    or putting it in a message cannot fail."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class OptionError(ValueError):
     """A bad value of a named argument, or advice that names arguments.
 

@@ -57,7 +57,7 @@ def machine_info() -> str:
     except OSError:
         pass
     versions = [f"torch {torch.__version__}"]
-    for module, label in (("onnxruntime", "onnxruntime"), ("cv2", "OpenCV")):
+    for module, label in (("onnxruntime", "onnxruntime"), ("openvino", "OpenVINO"), ("cv2", "OpenCV")):
         try:
             versions.append(f"{label} {__import__(module).__version__}")
         except ImportError:

@@ -41,6 +41,7 @@ class BenchResult:
     threads: int
     rounds: int
     notes: list[str] = field(default_factory=list)
+    pattern: str = "loop"
 
 
 COLUMNS = {  # key -> (header, format)
@@ -102,8 +103,9 @@ def format_result(result: BenchResult, fmt: str = "md") -> str:
         raise ValueError(f"format {fmt!r}; choose md, csv or json")
     lines = [
         f"device {result.device}, {result.threads} threads; medians of {result.rounds} interleaved rounds "
-        "(each batch-1 call right after an untimed call of its own, as in a loop); "
-        f"fp32 matmul peak {result.matmul_gflop_s:.0f} GFLOP/s (measured in the same run)",
+        + ("(each batch-1 call right after an untimed call of its own, as in a loop); " if result.pattern == "loop"
+           else "(sporadic: each call after 20 ms idle, none primed); ")
+        + f"fp32 matmul peak {result.matmul_gflop_s:.0f} GFLOP/s (measured in the same run)",
         "",
         "| " + " | ".join(COLUMNS[k][0] for k in keys) + " |",
         "|" + "|".join("---" if k in ("model", "engine", "note") else "---:" for k in keys) + "|",

@@ -6,7 +6,9 @@ Every timed callable (each model x engine x batch size, and the matmul that meas
 timed round by round in a shuffled order (:func:`cspnet.inference.timing.interleaved`), so load from
 other processes hits all of them alike and their ratios stay meaningful on a busy machine. A batch-1
 call is timed right after an untimed call of its own, as a loop of that model alone would run it:
-otherwise it would start with the caches full of whatever ran before it.
+otherwise it would start with the caches full of whatever ran before it. ``pattern="sporadic"``
+times every call after 20 ms of idle time instead, unprimed (a camera frame, a request), and our
+default path (``torch``) is optimized for the same pattern.
 
 :func:`run_bench` runs in steps: build the models (:func:`build_units`), make each engine's callables
 (:func:`prepare_calls`), time them all interleaved, put the times into the rows (:func:`fill_rows`),
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from ..errors import OptionError, first_line
 from ..inference.compare import max_difference
 from ..inference.heap import retain_freed_memory
-from ..inference.timing import Timing, interleaved, synchronizer
+from ..inference.timing import SPORADIC_IDLE_S, Timing, interleaved, synchronizer
 from ..models.spec import check_img_size, default_img_size, input_channels, load_model
 from .engines import check_engine, engine_callable, matmul_callable, train_step_callable
 from .profile import count_macs, count_params
@@ -102,7 +104,8 @@ def build_units(models: list[str], img_size: int | None, dev: torch.device, vs_t
 
 
 def prepare_calls(units: list[Unit], engines: tuple[str, ...], batch_size: int, dev: torch.device, workdir: Path,
-                  train: bool, progress: bool) -> tuple[dict[str, Callable], dict[str, tuple[Unit, str, str]]]:
+                  train: bool, progress: bool, pattern: str = "loop", calibration=None
+                  ) -> tuple[dict[str, Callable], dict[str, tuple[Unit, str, str]]]:
     """Every timed callable, keyed ``model|engine|b1`` (batch 1), ``|bN`` (``batch_size``) and
     ``model|train``, with what each key measures: ``(unit, engine, "b1"|"bN"|"train")``. An engine
     that fails is noted on its row, never fatal: the other figures stand."""
@@ -125,11 +128,14 @@ def prepare_calls(units: list[Unit], engines: tuple[str, ...], batch_size: int, 
                 for kind, x in (("b1", x1), ("bN", xb)):
                     if x is None:
                         continue
-                    fn, seconds, note = engine_callable(engine, unit.module, x, onnx_path, threads)
+                    fn, seconds, note = engine_callable(engine, unit.module, x, onnx_path, threads, pattern,
+                                                        calibration)
                     if kind == "b1":
                         with torch.no_grad():
                             row.max_diff = max_difference(torch.as_tensor(fn()), reference)
                         row.note = note
+                    elif note and note != row.note:  # the default path's choice at the batch, where it differs
+                        row.note = f"{row.note}; batch {batch_size}: {note}" if row.note else note
                     calls[f"{unit.key}|{engine}|{kind}"] = fn
                     meta[f"{unit.key}|{engine}|{kind}"] = (unit, engine, kind)
                     setup += seconds
@@ -213,9 +219,13 @@ def run_bench(
     vs_timm: bool = False,
     progress: bool = True,
     train_memory: bool | None = None,
+    pattern: str = "loop",
+    calibration=None,
 ) -> BenchResult:
     """Measure every model with every engine, interleaved; see the module docstring.
 
+    ``pattern`` is the call pattern (``loop`` or ``sporadic``) timed and optimized for;
+    ``calibration`` (images, batches of them, or a data SPEC) is what the ``int8`` engine calibrates on.
     ``train`` times a training step at ``batch_size``; ``memory`` measures the peak memory of an
     inference at batch 1 and (unless ``train_memory=False``) of a training step at ``batch_size``,
     each in a fresh child process.
@@ -226,6 +236,8 @@ def run_bench(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OptionError("{device}: no CUDA device is available here", device=device)
+    if pattern not in ("loop", "sporadic"):
+        raise OptionError("{pattern} is unknown; choose from loop, sporadic", pattern=pattern)
     engines = tuple(dict.fromkeys(engines))
     for e in engines:
         check_engine(e, dev)
@@ -236,12 +248,14 @@ def run_bench(
                      "(glibc malloc, `cspnet.inference.heap`)")
     units = build_units(models, img_size, dev, vs_timm)
     with tempfile.TemporaryDirectory(prefix="cspnet-bench-") as tmp, torch.no_grad():
-        calls, meta = prepare_calls(units, engines, batch_size, dev, Path(tmp), train, progress)
+        calls, meta = prepare_calls(units, engines, batch_size, dev, Path(tmp), train, progress, pattern,
+                                    calibration)
         calls[MATMUL], matmul_flop = matmul_callable(dev)
-        # a batch-1 call is short enough for the CPU caches to matter: time it as in a loop of its own
-        primed = {k for k, (_, _, kind) in meta.items() if kind == "b1"}
+        # a batch-1 call is short enough for the CPU caches to matter: in a loop, time it as in a
+        # loop of its own; sporadic calls come after idle time, cold
+        primed = {k for k, (_, _, kind) in meta.items() if kind == "b1"} if pattern == "loop" else set()
         times = interleaved(calls, rounds, warmup, synchronizer(dev), progress="bench" if progress else None,
-                            pause=PAUSE_S, primed=primed)
+                            pause=PAUSE_S if pattern == "loop" else SPORADIC_IDLE_S, primed=primed)
     peak = matmul_flop / Timing.of(times[MATMUL]).median / 1e9
     fill_rows(times, meta, peak, batch_size)
     if memory:
@@ -249,4 +263,4 @@ def run_bench(
     if vs_timm:
         compare_with_timm(units)
     rows = [row for unit in units for row in unit.rows.values()]
-    return BenchResult(rows, peak, str(dev), torch.get_num_threads(), rounds, notes)
+    return BenchResult(rows, peak, str(dev), torch.get_num_threads(), rounds, notes, pattern)

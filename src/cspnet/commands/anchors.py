@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .args import positive_int
+from .args import IMG_SIZE_HELP, img_size, positive_int
 
 
 def add_parser(sub) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                                    "1 - IoU distance; print the anchors (for --set anchors=...), their mean best "
                                    "IoU and the share of boxes they reach, beside the same figures for --model's.")
     p.add_argument("--data", default="builtin", help=f"default builtin; {DETECT_SPEC_HELP}")
-    p.add_argument("--img-size", type=positive_int, default=None, help="default: --model's input size")
+    p.add_argument("--img-size", type=img_size, default=None, help="default: --model's input size; " + IMG_SIZE_HELP)
     p.add_argument("--n", type=positive_int, default=None, help="how many anchors (default: as many as --model has)")
     p.add_argument("--model", default=default_model, help=f"the detector whose anchors to check (default "
                                                           f"{default_model})")

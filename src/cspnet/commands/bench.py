@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .args import positive_int
+from .args import IMG_SIZE_HELP, img_size, positive_int
 
 
 def add_parser(sub) -> None:
@@ -23,12 +23,18 @@ def add_parser(sub) -> None:
                    help="the paper's comparisons: each baseline next to its CSP variant (no MODEL needed)")
     p.add_argument("--engine", nargs="+", choices=ENGINES, default=["torch"],
                    help="torch = our default path (cspnet.optimize_for_inference); several may be given")
-    p.add_argument("--img-size", type=positive_int, default=None,
-                   help="input size (default: each model's reference size, else 256)")
+    p.add_argument("--img-size", type=img_size, default=None,
+                   help="input size (default: each model's reference size, else 256; " + IMG_SIZE_HELP + ")")
     p.add_argument("--batch-size", type=positive_int, default=16, help="batch for throughput and --train")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--rounds", type=positive_int, default=25, help="timed rounds (after warm-up)")
     p.add_argument("--warmup", type=positive_int, default=3)
+    p.add_argument("--pattern", choices=("loop", "sporadic"), default="loop",
+                   help="the call pattern timed, and that our default path is optimized for: loop (calls back to "
+                        "back) or sporadic (each call after 20 ms idle: a camera, a request stream)")
+    p.add_argument("--calib-data", default=None, metavar="SPEC",
+                   help="--engine int8: calibrate on this data's train split (default: random images, which "
+                        "make its time meaningful but not its outputs)")
     p.add_argument("--train", action="store_true", help="also time a training step at --batch-size")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the memory probes (inference at batch 1, a training step at --batch-size)")
@@ -64,9 +70,11 @@ def run(args) -> int:
 
         if not args.models:
             raise ValueError("name at least one MODEL (see `cspnet list`), or use --pairs")
+        if args.calib_data is not None and "int8" not in args.engine:
+            raise ValueError("--calib-data goes with --engine int8")
         result = run_bench(args.models, tuple(args.engine), args.img_size, args.batch_size, args.device,
                            args.rounds, args.warmup, train=args.train, memory=args.memory,
-                           vs_timm=args.vs_timm)
+                           vs_timm=args.vs_timm, pattern=args.pattern, calibration=args.calib_data)
         text = format_result(result, args.format)
     print(text, end="")
     if args.output:

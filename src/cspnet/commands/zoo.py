@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .args import positive_int
+from .args import IMG_SIZE_HELP, img_size, positive_int
 
 
 def add_parser(sub) -> None:
@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("info", help="parameters, MACs, GFLOPs and feature levels of a model or darknet cfg")
     p.add_argument("model", nargs="?", help="model name (see `cspnet list`)")
     p.add_argument("--cfg", default=None, help="describe a darknet .cfg file instead (layers, shapes, BFLOPs)")
-    p.add_argument("--img-size", type=positive_int, default=None,
-                   help="input size (default: the reference resolution, else 256)")
+    p.add_argument("--img-size", type=img_size, default=None,
+                   help="input size (default: the reference resolution, else 256; " + IMG_SIZE_HELP + ")")
     p.add_argument("--num-classes", type=positive_int, default=None,
                    help="default: the model's (1000 for classifiers, 80 for detectors)")
     p.set_defaults(func=run_info)
@@ -54,7 +54,7 @@ def run_info(args) -> int:
     size = args.img_size or (ref.img_size if ref else 256)
     with torch.device("meta"):
         model = create_model(args.model, num_classes=args.num_classes)
-    check_img_size(model, size, divisible=False)  # the models run on odd sizes too: only the minimum holds
+    check_img_size(model, size, divisible=False)  # the models run on odd sizes too: only the shared rule holds
     p = profile(model, size)
     print(f"model        {args.model}  ({entry.family} family)")
     print(f"input        3x{size}x{size}")

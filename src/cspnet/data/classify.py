@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
@@ -62,6 +63,7 @@ class ClassifyData:
     val: ClassifySamples
     classes: list[str]
     preprocess: dict
+    unreadable: dict[str, list[str]] = field(default_factory=dict)  # per split: files left out (data.scan)
 
     @property
     def in_chans(self) -> int:
@@ -78,7 +80,8 @@ def build_classify_data(
     in_chans: int | None = None,
     hflip: float | None = None,
     preprocess: dict | None = None,
-    crop: bool = True,
+    crop: bool | Callable[[int], bool] = True,
+    train_split: bool = True,
 ) -> ClassifyData:
     """Load ``spec`` and attach transforms.
 
@@ -86,14 +89,19 @@ def build_classify_data(
     give 1-channel models; anything with colour gives 3-channel models, and every image is
     converted to the model's channels (grey repeated, palette expanded, alpha dropped).
     ``preprocess`` (from a checkpoint) fixes size, channels and normalisation instead.
+    ``train_split=False`` (evaluation): the data may have no training split. ``crop`` may be a
+    function of the training split's size (the driver's "auto": off for short runs).
     """
-    source = load_source(spec)
+    source = load_source(spec, train=train_split)
     if preprocess is None:
         chans = in_chans or (1 if source.grey else 3)
         preprocess = preprocess_spec(img_size or default_img_size(source), chans, source.small)
     flip = source.hflip if hflip is None else hflip
+    if callable(crop):
+        crop = crop(len(source.train))
     train = ClassifySamples(source.train, build_transform(preprocess, True, flip, crop), substitute=True)
     val = ClassifySamples(source.val, build_transform(preprocess, False), substitute=False)
-    if len(source.train) == 0 or len(source.val) == 0:
-        raise ValueError(f"{spec}: the {'train' if len(source.train) == 0 else 'val'} split holds no images")
-    return ClassifyData(spec, train, val, list(source.classes), preprocess)
+    if (train_split and len(source.train) == 0) or len(source.val) == 0:
+        empty = "train" if train_split and len(source.train) == 0 else "val"
+        raise ValueError(f"{spec}: the {empty} split holds no images")
+    return ClassifyData(spec, train, val, list(source.classes), preprocess, source.unreadable)

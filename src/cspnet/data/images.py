@@ -33,6 +33,29 @@ def open_image(path: str | Path) -> Image.Image:
     return img
 
 
+def read_images(paths: list[str], convert=None, warn=None) -> tuple[list[str], list]:
+    """The files of ``paths`` that can be read, and their images (``convert``-ed), in order. An
+    unreadable one is skipped with a warning naming it, as training and evaluation skip them;
+    when none can be read, the first one's error is raised."""
+    import sys
+
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    kept, images, bad = [], [], []
+    for path in paths:
+        try:
+            img = open_image(path)
+        except UnreadableImage as e:
+            bad.append(e)
+            continue
+        kept.append(path)
+        images.append(convert(img) if convert else img)
+    if bad and not kept:
+        raise bad[0]
+    for e in bad:
+        warn(f"warning: skipped {e}")
+    return kept, images
+
+
 def image_paths(items: list[str]) -> list[str]:
     """Files as given, and each directory's image files (not its subfolders), sorted by name; a
     directory without images is an error rather than nothing to do."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import first_line
 from .images import is_grey, open_image
+from .scan import SCAN_LIMIT, scan_samples
 
 SPEC_HELP = (
     "classification data is an ImageFolder directory (train/ and val/ subfolders), a CIFAR python-batches "
@@ -46,6 +47,8 @@ class Source:
     grey: bool  # every image is single-channel
     native_side: int  # typical longer side in pixels
     hflip: float  # default horizontal-flip probability (0 for digits: a mirrored 2 is no 2)
+    # per split ("train", "val"): the files left out before training (data.scan), one message each
+    unreadable: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "val": []})
 
     @property
     def small(self) -> bool:
@@ -96,8 +99,9 @@ class WrappedImages(Dataset):
         return img, int(label)
 
 
-def load_source(spec: str) -> Source:
-    """The raw splits named by ``spec``; a ValueError naming the problem for anything else."""
+def load_source(spec: str, train: bool = True) -> Source:
+    """The raw splits named by ``spec``; a ValueError naming the problem for anything else.
+    ``train=False``: only the validation split is needed (an ImageFolder may lack ``train/``)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty data spec; {SPEC_HELP}")
     if spec == "builtin":
@@ -110,7 +114,7 @@ def load_source(spec: str) -> Source:
     if not root.is_dir():
         raise ValueError(f"{spec}: not a directory; {SPEC_HELP}")
     if (root / "train").is_dir() or (root / "val").is_dir():
-        return image_folder(root, spec)
+        return image_folder(root, spec, train)
     if (root / "batches.meta").is_file() or (root / "meta").is_file():
         return cifar_batches(root, spec)
     raise ValueError(
@@ -169,16 +173,29 @@ def _has_classes(path: Path) -> bool:
     return any(p.is_dir() for p in path.iterdir())
 
 
-def image_folder(root: Path, spec: str) -> Source:
-    train_classes, train_samples = _folder_split(root, spec, "train")
+def image_folder(root: Path, spec: str, train: bool = True) -> Source:
+    has_train = train or (root / "train").is_dir()  # evaluating needs val/ alone
+    train_classes, train_samples = _folder_split(root, spec, "train") if has_train else (None, [])
     val_classes, val_samples = _folder_split(root, spec, "val")
+    train_classes = train_classes if has_train else val_classes
     if train_classes != val_classes:
         only = sorted(set(train_classes) ^ set(val_classes))
         raise ValueError(
             f"{spec}: train/ and val/ have different class folders (e.g. {only[0]!r}); give both the same classes"
         )
-    grey, side = _survey(train_samples)
-    return Source(spec, FileImages(train_samples), FileImages(val_samples), train_classes, grey, side, 0.5)
+    unreadable = {"train": [], "val": []}
+    if not train:
+        train_samples = []  # its class folders were all evaluation needed
+    if len(train_samples) + len(val_samples) <= SCAN_LIMIT:  # small: every file decoded now (data.scan)
+        scan = scan_samples(train_samples, val_samples)
+        if not scan.side:
+            raise ValueError(f"{spec}: none of its images can be read ({sum(scan.unreadable, [])[0]})")
+        (train_samples, val_samples), grey, side = scan.splits, scan.grey, scan.side
+        unreadable = dict(zip(unreadable, scan.unreadable, strict=True))
+    else:
+        grey, side = _survey(train_samples or val_samples)
+    return Source(spec, FileImages(train_samples), FileImages(val_samples), train_classes, grey, side, 0.5,
+                  unreadable)
 
 
 def _survey(samples: list[tuple[str, int]], n: int = 48) -> tuple[bool, int]:

@@ -9,9 +9,16 @@ from torch import nn
 
 from ..errors import OptionError
 
-OPTIMIZERS = ("sgd", "adamw")
-# learning rate for a global batch of 256; scaled linearly with the batch (Goyal et al., 2017)
-BASE_LR = {"sgd": 0.2, "adamw": 2e-3}
+OPTIMIZERS = ("auto", "sgd", "adamw")
+# A short run (up to this many optimizer steps) fits best with AdamW and without random crops; a long
+# one generalises better with SGD and crops (benchmarks/small_data.md). "auto" settles both by it.
+AUTO_SGD_FROM_STEPS = 10_000
+# learning rate for a global batch of 256, scaled with the batch: linearly for SGD (Goyal et al.,
+# 2017), by the square root for AdamW (its steps are normalised; timm scales Adam-family rates so
+# too). AdamW's base is the best of benchmarks/small_data.md's rate x schedule table on three small
+# sets (2.8e-3 at batch 32, 4e-3 at 64)
+BASE_LR = {"sgd": 0.2, "adamw": 8e-3}
+LR_SCALING = {"sgd": "linear", "adamw": "sqrt"}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 
 
@@ -21,8 +28,18 @@ def check_optimizer(name: str) -> str:
     return name
 
 
+def short_run(total_steps: int) -> bool:
+    return total_steps <= AUTO_SGD_FROM_STEPS
+
+
+def auto_optimizer(total_steps: int) -> str:
+    """What ``"auto"`` means for a run of ``total_steps`` optimizer steps."""
+    return "adamw" if short_run(total_steps) else "sgd"
+
+
 def default_lr(optimizer: str, batch_size: int) -> float:
-    return BASE_LR[optimizer] * batch_size / 256
+    ratio = batch_size / 256
+    return BASE_LR[optimizer] * (ratio if LR_SCALING[optimizer] == "linear" else math.sqrt(ratio))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

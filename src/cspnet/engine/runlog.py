@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 from ..checkpoint import atomic_write_bytes
+from ..errors import first_line, printable
 from ..plots import pyplot, save_figure
 
 
@@ -47,31 +49,49 @@ def plot_curves(path: Path, rows: list[dict], panels: dict[str, list[str]], titl
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(printable(title), fontsize=10)
     save_figure(fig, path)
 
 
 class TensorBoard:
-    """Scalars to TensorBoard event files in the run directory; a no-op without tensorboard."""
+    """Scalars to TensorBoard event files in the run directory; a no-op without tensorboard.
 
-    def __init__(self, run_dir: Path | None):
-        self.writer = None
-        if run_dir is None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return
-        self.writer = SummaryWriter(str(run_dir))
+    The writer opens at the first :meth:`log` (after an epoch's checkpoint), so a run that fails
+    before finishing an epoch leaves no event file; a writer that cannot open (TensorBoard cannot
+    write paths that are not UTF-8) is a one-line warning through ``warn``, never the run's end."""
+
+    def __init__(self, run_dir: Path | None, warn: Callable[[str], None] = print):
+        self.run_dir, self.warn, self.writer = run_dir, warn, None
+
+    def _open(self):
+        if self.writer is None and self.run_dir is not None:
+            run_dir, self.run_dir = self.run_dir, None  # one try
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                return None
+            try:
+                self.writer = SummaryWriter(str(run_dir))
+            except Exception as e:
+                self.warn(f"warning: no TensorBoard events in {printable(run_dir)} ({printable(first_line(e, 200))})")
+        return self.writer
 
     def log(self, row: dict, step: int) -> None:
-        if self.writer is None:
+        if self._open() is None:
             return
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "epoch":
-                self.writer.add_scalar(k, v, step)
-        self.writer.flush()
+        try:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+        except Exception as e:  # events are an extra: the run goes on without them
+            self.warn(f"warning: TensorBoard events stopped ({printable(first_line(e, 200))})")
+            self.close()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except Exception:
+                pass  # already warned about, or nothing left to write

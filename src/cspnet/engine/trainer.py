@@ -23,10 +23,18 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write_json
-from ..errors import NAME_ONLY, OptionError
+from ..errors import NAME_ONLY, OptionError, first_line, printable
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, average_buffers, barrier
 from .ema import ModelEMA
-from .optim import DEFAULT_WEIGHT_DECAY, build_optimizer, build_scheduler, check_optimizer, default_lr
+from .optim import (
+    AUTO_SGD_FROM_STEPS,
+    DEFAULT_WEIGHT_DECAY,
+    auto_optimizer,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+    default_lr,
+)
 from .rundir import BEST, LAST, STATE_FILE, save_state, save_weights
 from .runlog import TensorBoard, plot_curves, write_csv
 from .runtime import (
@@ -54,9 +62,9 @@ class TrainConfig:
     learning rate scaled linearly from a batch of 256)."""
 
     epochs: int = 15
-    batch_size: int = 64
+    batch_size: int = 32  # short runs on small sets need the steps (benchmarks/small_data.md)
     lr: float | None = None
-    optimizer: str = "sgd"
+    optimizer: str = "auto"  # optim.auto_optimizer: by the run's length
     momentum: float = 0.9
     weight_decay: float | None = None
     warmup_epochs: float = 1.0
@@ -75,10 +83,19 @@ class TrainConfig:
         check_optimizer(self.optimizer)
         if not 0.0 < self.ema_decay < 1.0:
             raise OptionError("{ema_decay} must lie strictly between 0 and 1", ema_decay=self.ema_decay)
+        if self.optimizer != "auto":
+            self.for_steps(0)
+
+    def for_steps(self, total_steps: int) -> TrainConfig:
+        """Settle ``"auto"`` for a run of ``total_steps`` optimizer steps (the Trainer knows them), and
+        the chosen optimizer's default rate and weight decay where none was given."""
+        if self.optimizer == "auto":
+            self.optimizer = auto_optimizer(total_steps)
         if self.lr is None:
             self.lr = default_lr(self.optimizer, self.batch_size)
         if self.weight_decay is None:
             self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,18 +152,20 @@ class Trainer:
     ``collate_fn`` must build batches ``{"inputs": tensor, "targets": ..., "skipped": [names]}``
     (``val_collate_fn``, when given, builds the validation batches: no multi-scale there);
     ``extra`` goes into every checkpoint's metadata (class names, preprocessing, ...), ``info``
-    into metrics.json (model, data, ...), ``title`` onto the plot.
+    into metrics.json (model, data, ...), ``title`` onto the plot. ``left_out`` names the files the
+    data left out before training, per split (``{"train": [...], "val": [...]}``, see
+    :mod:`cspnet.data.scan`): warned about and counted with the ones the loaders skip.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset, collate_fn,
                  cfg: TrainConfig, dist: DistInfo | None = None, run_dir: Path | None = None,
                  extra: dict | None = None, info: dict | None = None, title: str = "",
-                 log: Callable[[str], None] = print, val_collate_fn=None):
+                 log: Callable[[str], None] = print, val_collate_fn=None, left_out: dict | None = None):
         self.cfg, self.task = cfg, task
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.extra, self.info, self.title = dict(extra or {}), dict(info or {}), title
+        self.extra, self.info, self.title = dict(extra or {}), dict(info or {}), printable(title)
         self.log = log if self.dist.is_main else (lambda msg: None)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         if cfg.deterministic:
@@ -156,6 +175,9 @@ class Trainer:
         if cfg.batch_size % world:
             raise OptionError(f"{{batch_size}} must be a multiple of the {world} processes", batch_size=cfg.batch_size)
         per_rank = cfg.batch_size // world
+        if per_rank < 2:  # BatchNorm in training needs more than one value per channel
+            raise OptionError(f"{{batch_size}} leaves {per_rank} image per process; BatchNorm needs at least 2: "
+                              f"use at least {2 * world}", batch_size=cfg.batch_size)
         if cfg.sync_bn and self.dist.enabled:
             if self.device.type != "cuda":
                 raise OptionError(
@@ -189,8 +211,13 @@ class Trainer:
             )
         self.val_loader = eval_loader(val_set, per_rank, cfg.workers, val_collate_fn or collate_fn, self.dist)
 
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         total = cfg.epochs * self.steps_per_epoch
+        chosen = cfg.optimizer
+        cfg.for_steps(total)
+        if chosen == "auto":
+            self.log(f"optimizer auto: {cfg.optimizer} (lr {cfg.lr:.3g}, weight decay {cfg.weight_decay:g}) for "
+                     f"{total} steps; auto means adamw up to {AUTO_SGD_FROM_STEPS} steps, sgd beyond")
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
         self.ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
         self.scaler = make_grad_scaler(self.device, self.amp_dtype)
@@ -199,12 +226,14 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"value": -math.inf, "epoch": 0}
         self._warned: set[str] = set()
+        self.skipped_train: set[str] = set()  # the distinct unreadable training files, every rank's
+        self.left_out = {"train": [], "val": [], **(left_out or {})}
         self.skipped_steps = 0  # in the current epoch
         self._bad_in_a_row = 0
         self._warned_bad_step = False
         if self.run_dir is not None and self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tensorboard = TensorBoard(self.run_dir if self.dist.is_main else None)
+        self.tensorboard = TensorBoard(self.run_dir if self.dist.is_main else None, self.log)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -223,6 +252,7 @@ class Trainer:
             "rng": rng_state(),
             "history": self.history,
             "best": self.best,
+            "skipped_train": sorted(self.skipped_train),
             "train_config": self.cfg.to_dict(),
             "args": args or {},
         }
@@ -242,6 +272,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best = dict(state["best"])
+        self.skipped_train = set(state.get("skipped_train", ()))
 
     # --- loop ---------------------------------------------------------------------------------
 
@@ -267,7 +298,7 @@ class Trainer:
         self._seed_epoch(epoch)
         self.net.train()
         loss_sum = torch.zeros(1, dtype=torch.float64)
-        seen, skipped = 0, 0
+        seen, skipped, names = 0, 0, []
         self.skipped_steps = 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, disable=not (cfg.progress and self.dist.is_main))
@@ -275,6 +306,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             self._note_skipped(batch["skipped"])
             skipped += len(batch["skipped"])
+            names += batch["skipped"]
             x = to_device(batch["inputs"], device, cfg.channels_last)
             loss = self.train_step(x, self.task.targets_to(batch["targets"], device))
             loss_sum += loss.double().cpu() * x.shape[0]
@@ -284,6 +316,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{self.lr:.3g}",
                                 img_s=f"{rate:.0f}", refresh=False)
         elapsed = time.perf_counter() - start
+        self.skipped_train.update(n for rank in all_gather_objects(names, self.dist) for n in rank)
         average_buffers(self.model, self.dist)
         if self.ema is not None:
             average_buffers(self.ema.module, self.dist)
@@ -396,6 +429,8 @@ class Trainer:
         if not self.history and self.epoch >= self.cfg.epochs:
             raise ValueError(f"nothing to train: the run already completed its {self.cfg.epochs} epochs")
         main = self.task.main_metric
+        self._note_skipped(self.left_out["train"] + self.left_out["val"])
+        self.skipped_train.update(self.left_out["train"])
         for epoch in range(self.epoch, self.cfg.epochs):
             start = time.perf_counter()
             train = self.train_one_epoch(epoch)
@@ -427,15 +462,21 @@ class Trainer:
             "val_images_per_s": final.pop("images_per_s"),
             f"best_{main}": self.best["value"],
             "best_epoch": self.best["epoch"],
-            "skipped_images": sum(r.get("skipped", 0) for r in self.history),
-            "val_skipped_images": final.pop("skipped", 0),
+            # distinct files: each epoch meets the same bad file again (runs saved before this was
+            # recorded: the most any epoch skipped)
+            "skipped_images": len(self.skipped_train) or max(r.get("skipped", 0) for r in self.history),
+            "val_skipped_images": final.pop("skipped", 0) + len(self.left_out["val"]),
             "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.history),
             "world_size": self.dist.world_size,
             "wall_s": sum(r.get("epoch_s", 0.0) for r in self.history),  # training + evaluation, all sessions
         })
         if self.dist.is_main and self.run_dir is not None:
-            plot_curves(self.run_dir / "results.png", self.history, self.task.plot_panels, self.title)
+            # the results first: nothing drawn after them can lose them
             atomic_write_json(self.run_dir / "metrics.json", {**final, **self.info})
+            try:
+                plot_curves(self.run_dir / "results.png", self.history, self.task.plot_panels, self.title)
+            except Exception as e:  # a figure is an extra: say why it is missing, keep the run's result
+                self.log(f"warning: results.png not written ({first_line(e, 200)})")
         self.tensorboard.close()
         return final
 

@@ -1,4 +1,4 @@
-"""ONNX export, checked in ONNX Runtime and OpenCV DNN right after it is written.
+"""ONNX and OpenVINO IR export, checked in ONNX Runtime, OpenCV DNN and OpenVINO right after it is written.
 
 The model is exported as one self-contained ``.onnx`` file (weights inside) by PyTorch's
 ``torch.export``-based exporter, after the exact inference rewrites both engines benefit from:
@@ -6,6 +6,11 @@ BatchNorm folded into convolutions, dense blocks traced as plain concatenations 
 in-place buffer writes), and Mish written as ``x * tanh(softplus(x))`` (Softplus, Tanh, Mul), the
 form OpenCV DNN 4.x fuses into its Mish layer; the ONNX ``Mish`` operator (opset 18) is missing
 from older OpenCV builds.
+
+The OpenVINO IR (``.xml`` + ``.bin``) is OpenVINO's reading of that same ONNX graph, saved with fp32
+weights (OpenVINO's ``save_model`` would compress them to fp16 by default) and checked in OpenVINO
+against PyTorch. ``--int8`` files (:func:`export_int8`) are quantized by the engine's own
+quantizer (:mod:`.int8`) and reported with their accuracy cost instead of a tolerance.
 
 Nothing here is specific to classifiers: any module whose outputs are tensors (or lists, tuples,
 dicts of them, a detector's boxes, scores and classes) exports and is checked the same way.
@@ -109,22 +114,36 @@ class ExportResult:
     dynamic_batch: bool
     tol: float
     checks: list[EngineCheck] = field(default_factory=list)
+    accuracy: object = None  # an int8 export's int8.Int8Accuracy: judged by it, never by tol
+
+    @property
+    def files(self) -> list[Path]:
+        """What was written: the file, and an OpenVINO IR's weights beside it."""
+        return [self.path] + ([self.path.with_suffix(".bin")] if self.path.suffix == ".xml" else [])
 
     @property
     def ok(self) -> bool:
+        if self.accuracy is not None:
+            return all(c.error is None for c in self.checks)
         return all(c.ok(self.tol) for c in self.checks)
 
     def summary(self) -> str:
-        size = self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
-        lines = [f"wrote {self.path} ({size:.1f} MiB, opset {self.opset}, input {tuple(self.input_shape)}"
+        size = sum(p.stat().st_size for p in self.files if p.exists()) / 2**20
+        kind = "int8, " if self.accuracy is not None else ""
+        lines = [f"wrote {self.path} ({size:.1f} MiB, {kind}opset {self.opset}, input {tuple(self.input_shape)}"
                  f"{', dynamic batch' if self.dynamic_batch else ''})"]
         for c in self.checks:
             if c.error:
                 lines.append(f"  {c.engine:<12} FAILED: {c.error}")
             else:
-                verdict = "ok" if c.ok(self.tol) else f"FAILED (> {self.tol:g})"
+                if self.accuracy is not None:
+                    verdict = "runs (int8: never exact)"
+                else:
+                    verdict = "ok" if c.ok(self.tol) else f"FAILED (> {self.tol:g})"
                 lines.append(f"  {c.engine:<12} max abs diff vs PyTorch {c.max_abs_diff:.2e} "
                              f"(relative to output scale {c.rel_diff:.2e})  {verdict}")
+        if self.accuracy is not None:
+            lines.append(f"  {self.accuracy.summary()}")
         return "\n".join(lines)
 
 
@@ -189,7 +208,13 @@ def run_opencv(path, inputs: list[torch.Tensor]) -> list:
     return list(net.forward(names))
 
 
-RUNNERS = {"onnxruntime": run_onnxruntime, "opencv": run_opencv}
+def run_openvino(path, inputs: list[torch.Tensor]) -> list:
+    from .runtimes import openvino_compiled, openvino_runner
+
+    return openvino_runner(openvino_compiled(str(path)))(inputs[0].numpy())
+
+
+RUNNERS = {"onnxruntime": run_onnxruntime, "opencv": run_opencv, "openvino": run_openvino}
 
 
 def check_onnx(path, model: nn.Module, inputs: list[torch.Tensor], engines=ENGINES) -> list[EngineCheck]:
@@ -257,4 +282,103 @@ def export_onnx(
     reference = copy.deepcopy(model).eval()
     result = ExportResult(path, opset, tuple(example_input.shape), dynamic_batch, tol)
     result.checks = check_onnx(path, reference, inputs, engines)
+    return result
+
+
+def _check_inputs(example_input: torch.Tensor, dynamic_batch: bool) -> list[torch.Tensor]:
+    inputs = [example_input]
+    if dynamic_batch:
+        inputs.append(torch.randn(example_input.shape[0] + 1, *example_input.shape[1:],
+                                  generator=torch.Generator().manual_seed(1)))
+    return inputs
+
+
+def save_openvino(ov_model, path: Path) -> None:
+    """``ov_model`` as ``path`` (.xml) and its .bin, fp32 weights kept; each file replaced atomically
+    (written beside it under a temporary name first)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp:
+        tmp_xml = Path(tmp) / path.name
+        try:
+            ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
+        except Exception as e:
+            raise ExportError(f"OpenVINO could not save the model: {first_line(e, 300)}") from None
+        os.replace(tmp_xml.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp_xml, path)
+
+
+def export_openvino(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    tol: float = 1e-3,
+) -> ExportResult:
+    """Write ``model`` as an OpenVINO IR at ``path`` (.xml, with its .bin) and check it in OpenVINO
+    against PyTorch, as :func:`export_onnx` checks an ONNX file."""
+    from .runtimes import missing, openvino_model
+
+    reason = missing("openvino")
+    if reason:
+        raise ExportError(f"--format openvino: {reason}")
+    check_opset(opset)
+    path = check_output_path(path, ".xml")
+    data = to_onnx_bytes(prepare_for_export(model), example_input, opset, dynamic_batch)
+    save_openvino(openvino_model(data), path)
+    result = ExportResult(path, opset, tuple(example_input.shape), dynamic_batch, tol)
+    result.checks = check_onnx(path, copy.deepcopy(model).eval(), _check_inputs(example_input, dynamic_batch),
+                               ("openvino",))
+    return result
+
+
+INT8_FORMATS = {"onnx": ("onnxruntime", ".onnx"), "openvino": ("openvino", ".xml")}  # backend, suffix
+
+
+def export_int8(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    calibration,
+    validation,
+    *,
+    fmt: str = "openvino",
+    max_drop: float | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """An int8 file of ``model`` (dynamic batch): ONNX (QDQ, ONNX Runtime's static quantization) or
+    OpenVINO IR of that quantized graph, calibrated on ``calibration`` and judged on ``validation`` (image batches,
+    with labels for top-1; see :func:`.int8.calibration_batches`). A top-1 drop over ``max_drop``
+    points is an :class:`ExportError` and nothing is written."""
+    from .int8 import accuracy_cost, backend_missing, calibration_batches, int8_model
+
+    if fmt not in INT8_FORMATS:
+        raise ExportError(f"int8 export writes {' or '.join(INT8_FORMATS)}, not {fmt}")
+    backend, suffix = INT8_FORMATS[fmt]
+    reason = backend_missing(backend)
+    if reason:
+        raise ExportError(f"--int8 --format {fmt}: {reason}")
+    check_opset(opset)
+    path = check_output_path(path, suffix)
+    chans = example_input.shape[1]
+    calib = calibration_batches(calibration, chans, "--calib-data")
+    val = calibration_batches(validation, chans, "--calib-data (validation split)")
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        template = reference(example_input)
+    data = to_onnx_bytes(prepare_for_export(model), example_input[:1], opset, dynamic_batch=True)
+    fn, artifact = int8_model(backend, data, calib, template)
+    accuracy = accuracy_cost(reference, fn, val)
+    drop = accuracy.drop
+    if max_drop is not None and drop is not None and drop > max_drop:
+        raise ExportError(f"int8 loses {drop:.2f} top-1 points on {accuracy.images} validation images "
+                          f"(> --max-drop {max_drop:g}); nothing written: export fp32, or calibrate on more data")
+    if fmt == "onnx":
+        atomic_write_bytes(path, artifact)
+    else:
+        save_openvino(artifact, path)
+    result = ExportResult(path, opset, tuple(example_input.shape), True, 0.0, accuracy=accuracy)
+    result.checks = check_onnx(path, reference, _check_inputs(example_input, True), (backend,))
     return result

@@ -2,11 +2,12 @@
 
 :func:`optimize_for_inference` builds a few candidate forms of a model (BatchNorm folded eager,
 channels-last, ``torch.compile`` with inductor freezing, a oneDNN Graph fused TorchScript trace on
-CPU, and bf16 forms when asked for), checks each
-against the plain eager model on the example input, times the exact ones interleaved, and returns
-the fastest wrapped in an :class:`OptimizedModel` that carries the report (latencies, differences,
-one-time costs). Which form wins depends on the CPU, the model and the input size, which is why it
-is measured rather than assumed.
+CPU, the exported ONNX graph in ONNX Runtime and in OpenVINO where they are installed, bf16 and
+int8 forms when asked for), checks each against the plain eager model on the example input, times
+the exact ones interleaved under the caller's call pattern, and returns the winner of
+:func:`cspnet.inference.timing.choose` wrapped in an :class:`OptimizedModel` that carries the report
+(latencies, differences, one-time costs, why it won). Which form wins depends on the CPU, the
+model, the input size and how often it is called, which is why it is measured rather than assumed.
 """
 
 from __future__ import annotations
@@ -24,12 +25,21 @@ from ..errors import first_line
 from .compare import max_difference
 from .fuse import fuse, presplit_slices
 from .heap import retain_freed_memory
-from .timing import Timing, interleaved, synchronizer
+from .int8 import Int8Accuracy
+from .timing import PATTERNS, WIN_SHARE, Timing, choose, interleaved, pattern_options, synchronizer
 
-FP32_CANDIDATES = ("eager", "channels_last", "compile", "onednn_graph")
+TORCH_CANDIDATES = ("eager", "channels_last", "compile", "onednn_graph")
+RUNTIME_CANDIDATES = ("onnxruntime", "openvino")  # the ONNX export in a peer engine (cpu, fp32)
+FP32_CANDIDATES = TORCH_CANDIDATES + RUNTIME_CANDIDATES
 BF16_CANDIDATES = ("bf16", "compile_bf16")
-CANDIDATES = FP32_CANDIDATES + BF16_CANDIDATES
+INT8_CANDIDATES = ("int8_openvino", "int8_onnxruntime")  # only with int8= calibration data
+CANDIDATES = FP32_CANDIDATES + BF16_CANDIDATES + INT8_CANDIDATES
 SLOW_CANDIDATES = ("compile", "onednn_graph", "compile_bf16")  # seconds to minutes of one-time cost
+# the choice rule's order, simplest first: torch before a peer engine (no export, no extra library),
+# the forms with no one-time cost first, exact before inexact
+SIMPLICITY = ("eager", "channels_last", "onednn_graph", "compile", "onnxruntime", "openvino", "bf16",
+              "compile_bf16", "int8_onnxruntime", "int8_openvino")
+DEFAULT_ROUNDS = 20  # interleaved rounds: with 20 the median's own noise is well under the IQR the rule uses
 
 
 @dataclass
@@ -43,6 +53,8 @@ class CandidateResult:
     exact: bool = False
     latency: Timing | None = None
     error: str | None = None
+    skipped: str | None = None  # why it was not tried here (a library not installed, another device)
+    accuracy: Int8Accuracy | None = None  # int8 only: its measured accuracy cost
 
 
 @dataclass
@@ -52,21 +64,29 @@ class OptimizeReport:
     input_shape: tuple[int, ...]
     candidates: dict[str, CandidateResult] = field(default_factory=dict)
     heap: str = "untouched"  # what heap.retain_freed_memory said, or "untouched" where it was not called
+    pattern: str = "loop"
+    reason: str = ""  # why the chosen candidate won (the rule of timing.choose)
 
     def summary(self) -> str:
-        """A small table: candidate, one-time cost, max difference, median/min latency."""
-        lines = [f"optimize_for_inference: input {tuple(self.input_shape)}, tolerance {self.tol:g}, "
-                 f"freed memory: {self.heap}"]
+        """A small table: candidate, one-time cost, max difference, median/min/IQR latency; then the choice."""
+        lines = [f"optimize_for_inference: input {tuple(self.input_shape)}, {self.pattern} calls, tolerance "
+                 f"{self.tol:g}, freed memory: {self.heap}"]
         for r in self.candidates.values():
             mark = "*" if r.name == self.chosen else " "
             diff = "-" if r.max_diff is None else f"{r.max_diff:.1e}"
-            if r.error:
+            if r.skipped:
+                tail = f"skipped: {r.skipped}"
+            elif r.error:
                 tail = f"failed: {r.error}"
             elif r.latency is None:
                 tail = "not timed (outside tolerance)" if not r.exact else "not timed"
             else:
-                tail = f"{r.latency.median * 1e3:8.2f} ms median, {r.latency.min * 1e3:8.2f} ms min"
-            lines.append(f" {mark} {r.name:<13} setup {r.setup_s:6.1f} s  diff {diff:>8}  {tail}")
+                t = r.latency
+                tail = f"{t.median * 1e3:8.2f} ms median, {t.min * 1e3:8.2f} ms min, {t.spread * 1e3:6.2f} ms IQR"
+            lines.append(f" {mark} {r.name:<16} setup {r.setup_s:6.1f} s  diff {diff:>8}  {tail}")
+            if r.accuracy is not None:
+                lines.append(f"   {'':<16} {r.accuracy.summary()} (never exact)")
+        lines.append(f"chose {self.chosen}: {self.reason}")
         return "\n".join(lines)
 
 
@@ -189,9 +209,23 @@ def _onednn_graph(module: nn.Module, example: torch.Tensor):
     return traced
 
 
-def make_candidate(name: str, fused: nn.Module, example: torch.Tensor) -> tuple[Callable, bool]:
+def make_candidate(name: str, fused: nn.Module, example: torch.Tensor, onnx: Callable[[], bytes] | None = None,
+                   template=None) -> tuple[Callable, bool]:
     """One candidate form of an already folded eval module (``fused`` is shared by ``eager``, copied
-    by the others): (callable, whether it accepts any input shape)."""
+    by the others): (callable, whether it accepts any input shape). The peer engines need ``onnx``
+    (a callable giving the model's ONNX export for the example's shape) and ``template`` (the model's
+    output for the example, whose structure their outputs are given)."""
+    if name in RUNTIME_CANDIDATES:
+        from .runtimes import runtime_model
+
+        if example.device.type != "cpu" or example.dtype != torch.float32:
+            raise ValueError(f"{name} runs float32 on the CPU only")
+        if onnx is None:
+            onnx = lambda: export_bytes(fused, example)  # noqa: E731
+        if template is None:
+            with torch.no_grad():
+                template = fused(example)
+        return runtime_model(name, onnx(), template), False
     if name == "eager":
         return fused, True
     if name == "channels_last":
@@ -209,15 +243,57 @@ def make_candidate(name: str, fused: nn.Module, example: torch.Tensor) -> tuple[
     raise ValueError(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
 
 
+def export_bytes(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
+    """The ONNX graph ``cspnet export`` writes for ``model`` (BN folded, dense blocks as
+    concatenations, Mish decomposed), for the example's shape or any batch."""
+    from .export import prepare_for_export, to_onnx_bytes
+
+    return to_onnx_bytes(prepare_for_export(model), example[:1] if dynamic_batch else example,
+                         dynamic_batch=dynamic_batch)
+
+
+def _skip_reason(name: str, device: torch.device, example: torch.Tensor) -> str | None:
+    """Why a candidate cannot be tried here, before any work: a missing library, another device."""
+    from .int8 import backend_missing
+    from .runtimes import missing
+
+    if name in RUNTIME_CANDIDATES or name in INT8_CANDIDATES:
+        if device.type != "cpu" or example.dtype != torch.float32:
+            return "runs float32 inputs on the CPU only"
+        return missing(name) if name in RUNTIME_CANDIDATES else backend_missing(name.removeprefix("int8_"))
+    if name in BF16_CANDIDATES and not bf16_supported(device):
+        return "this device has no native bf16"
+    return None
+
+
+def _int8_candidate(name: str, base: nn.Module, fused: nn.Module, example: torch.Tensor, calib, val, template,
+                    max_drop: float | None, res: CandidateResult):
+    """Quantize, measure the accuracy cost; the int8 callable, or None where max_drop refuses it."""
+    from .int8 import accuracy_cost, int8_model
+
+    fn, _ = int8_model(name.removeprefix("int8_"), export_bytes(base, example, dynamic_batch=True), calib, template)
+    res.accuracy = accuracy_cost(fused, fn, val or calib, "validation data" if val else "calibration data")
+    drop = res.accuracy.drop
+    if max_drop is not None and drop is not None and drop > max_drop:
+        res.error = f"refused: top-1 drop {drop:.2f} points > max_drop={max_drop:g}"
+        return None
+    return fn
+
+
 def optimize_for_inference(
     model: nn.Module,
     example_input: torch.Tensor,
     *,
     candidates: Sequence[str] | None = None,
     compile: bool = True,
+    runtimes: bool = True,
     bf16: bool = False,
+    int8=None,
+    int8_val=None,
+    max_drop: float | None = None,
+    pattern: str = "loop",
     tol: float = 1e-4,
-    rounds: int = 10,
+    rounds: int = DEFAULT_ROUNDS,
     warmup: int = 2,
     progress: bool = False,
     retain_memory: bool = True,
@@ -229,8 +305,28 @@ def optimize_for_inference(
     ``eager`` (BatchNorm folded), ``channels_last``, ``compile`` (torch.compile + inductor
     freezing; its compile seconds are in the report; compiled C++ kernels are cached by torch on
     disk, so later runs compile faster), ``onednn_graph`` (CPU: a TorchScript trace fused by
-    oneDNN Graph); ``compile=False`` skips the last two, the ones with a one-time cost of seconds
-    to minutes. ``bf16=True`` adds the opt-in
+    oneDNN Graph); ``compile=False`` skips those two, the ones with a one-time cost of seconds
+    to minutes. ``onnxruntime`` and ``openvino`` (CPU, float32; ``runtimes=False`` skips them) run
+    the model exported exactly as ``cspnet export`` writes it in that engine (the ``inference``
+    extra; skipped with the reason in the report where not installed; settings in
+    :mod:`cspnet.inference.runtimes`), checked like every candidate; the returned module still
+    takes and returns torch tensors.
+
+    Timing: the exact candidates are timed interleaved for ``rounds`` shuffled rounds under
+    ``pattern``: ``"loop"`` (each call right after another of its own: batches in a loop) or
+    ``"sporadic"`` (each call after 20 ms idle: thread pools asleep, caches cold; a few images, a
+    camera). The winner is the simplest candidate within noise of the fastest (
+    :func:`cspnet.inference.timing.choose`): the fastest median wins only if it was quicker than each
+    simpler candidate in at least 75% of the rounds (paired by round, so load hits both alike), else
+    the simpler one wins; ``report.reason`` says which. Simplest first: eager, channels_last,
+    onednn_graph, compile, onnxruntime, openvino, then the inexact forms.
+
+    ``int8`` (calibration images: a tensor, or batches of images or (images, labels)) adds the
+    int8 forms (ONNX Runtime's static quantization, run in OpenVINO and in ONNX Runtime:
+    :mod:`cspnet.inference.int8`), where installed. They are never exact: each one's accuracy cost
+    against fp32 on ``int8_val`` (same forms; with labels, top-1 of each), else on the calibration
+    data, is in the report, and one whose top-1 drop in points exceeds ``max_drop`` is refused
+    (reported, not timed); the rest are timed with the exact ones. ``bf16=True`` adds the opt-in
     ``bf16`` and ``compile_bf16`` forms where the device computes bf16 natively; they are judged
     against their own, looser tolerance (5e-2) and their measured difference is reported, since
     bf16 is never exact. Failing candidates (no C++ compiler for inductor, say) are skipped and
@@ -244,26 +340,41 @@ def optimize_for_inference(
         >>> import cspnet, torch
         >>> m = cspnet.create_model("cspresnext_tiny", num_classes=10)
         >>> x = torch.randn(1, 3, 64, 64)
-        >>> fast = optimize_for_inference(m, x, compile=False, rounds=2)
+        >>> fast = optimize_for_inference(m, x, compile=False, runtimes=False, rounds=2)
         >>> fast.chosen in ("eager", "channels_last")
         True
         >>> bool((fast(x) - m.eval()(x)).abs().max() < 1e-4)
         True
     """
+    from .int8 import calibration_batches
+
     if not isinstance(example_input, torch.Tensor):
         raise ValueError(f"example_input must be a tensor, got {type(example_input).__name__}")
     if tol <= 0:
         raise ValueError(f"tol={tol} must be > 0")
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern={pattern!r} is unknown; choose from {', '.join(PATTERNS)}")
+    if max_drop is not None and max_drop < 0:
+        raise ValueError(f"max_drop={max_drop} must be >= 0 (top-1 points)")
     device = example_input.device
+    chans = example_input.shape[1] if example_input.ndim == 4 else None
+    calib = calibration_batches(int8, chans) if int8 is not None else None
+    val = calibration_batches(int8_val, chans, "int8_val") if int8_val is not None else None
     if candidates is None:
-        candidates = [c for c in FP32_CANDIDATES if compile or c not in SLOW_CANDIDATES]
+        candidates = [c for c in TORCH_CANDIDATES if compile or c not in SLOW_CANDIDATES]
         if device.type != "cpu":
             candidates = [c for c in candidates if c != "onednn_graph"]
+        if runtimes:
+            candidates += list(RUNTIME_CANDIDATES)
         if bf16:
             candidates += [c for c in BF16_CANDIDATES if compile or c not in SLOW_CANDIDATES]
+        if calib is not None:
+            candidates += list(INT8_CANDIDATES)
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown:
         raise ValueError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(CANDIDATES)}")
+    if calib is None and any(c in INT8_CANDIDATES for c in candidates):
+        raise ValueError("an int8 candidate needs calibration images: pass int8=BATCHES")
     if any(c in BF16_CANDIDATES for c in candidates) and not bf16_supported(device):
         candidates = [c for c in candidates if c not in BF16_CANDIDATES]
 
@@ -272,14 +383,29 @@ def optimize_for_inference(
     with torch.no_grad():
         reference = base(example_input)
     fused = fuse(base)
+    onnx_cache: list[bytes] = []
+
+    def onnx() -> bytes:  # one export shared by the peer engines
+        if not onnx_cache:
+            onnx_cache.append(export_bytes(base, example_input))
+        return onnx_cache[0]
 
     results: dict[str, CandidateResult] = {}
     runnable: dict[str, tuple[Callable, bool]] = {}
     for name in dict.fromkeys(["eager", *candidates]):
         res = results[name] = CandidateResult(name)
+        res.skipped = _skip_reason(name, device, example_input)
+        if res.skipped:
+            continue
         start = time.perf_counter()
         try:
-            fn, any_shape = make_candidate(name, fused, example_input)
+            if name in INT8_CANDIDATES:
+                fn, any_shape = _int8_candidate(name, base, fused, example_input, calib, val, reference, max_drop,
+                                                res), True
+            else:
+                fn, any_shape = make_candidate(name, fused, example_input, onnx, reference)
+            if fn is None:  # refused by max_drop
+                continue
             with torch.no_grad():
                 out = fn(example_input)
         except Exception as e:  # a candidate that cannot run here is reported, never fatal
@@ -289,6 +415,9 @@ def optimize_for_inference(
             continue
         res.setup_s = time.perf_counter() - start
         res.max_diff = max_difference(out, reference)
+        if name in INT8_CANDIDATES:
+            runnable[name] = (fn, any_shape)  # never exact: judged by its accuracy cost instead
+            continue
         limit = max(tol, 5e-2) if name in BF16_CANDIDATES else tol
         res.exact = res.max_diff <= limit
         if res.exact:
@@ -303,12 +432,37 @@ def optimize_for_inference(
         calls = {n: (lambda f=f: f(example_input)) for n, (f, _) in runnable.items()}
         with torch.no_grad():
             times = interleaved(calls, rounds, warmup, synchronizer(device),
-                                progress="optimize_for_inference" if progress else None)
+                                progress="optimize_for_inference" if progress else None,
+                                **pattern_options(pattern, calls, prime=example_input.shape[0] == 1))
         for n, t in times.items():
             results[n].latency = Timing.of(t)
-        chosen = min(times, key=lambda n: results[n].latency.median)
+        chosen = choose(times, SIMPLICITY)
+        reason = choice_reason(chosen, times)
     else:
-        chosen = "eager"
-    report = OptimizeReport(chosen, tol, tuple(example_input.shape), results, heap)
+        chosen, reason = "eager", "the only candidate that ran"
+    report = OptimizeReport(chosen, tol, tuple(example_input.shape), results, heap, pattern, reason)
     fn, any_shape = runnable[chosen]
     return OptimizedModel(fused, fn, report, example_input, any_shape)
+
+
+def choice_reason(chosen: str, samples: dict[str, list[float]]) -> str:
+    """What the choice rule (:func:`cspnet.inference.timing.choose`) did, in words (for the report)."""
+    import statistics
+
+    median = {n: statistics.median(v) for n, v in samples.items()}
+    rounds = len(samples[chosen])
+    fastest = min(median, key=median.get)
+
+    def wins(a, b):
+        return sum(x < y for x, y in zip(samples[a], samples[b], strict=True))
+
+    if fastest == chosen:
+        others = [n for n in samples if n != chosen]
+        if not others:
+            return "the only candidate timed"
+        runner = min(others, key=median.get)
+        return (f"fastest median, {(median[runner] - median[chosen]) * 1e3:.2f} ms ahead of {runner}, quicker in "
+                f"{wins(chosen, runner)} of {rounds} rounds (each simpler candidate beaten in >= {WIN_SHARE:.0%})")
+    return (f"simpler than the fastest median, {fastest} ({(median[chosen] - median[fastest]) * 1e3:.2f} ms "
+            f"faster), which was quicker in only {wins(fastest, chosen)} of {rounds} rounds "
+            f"(< {WIN_SHARE:.0%}: not a clear win)")

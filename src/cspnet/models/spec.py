@@ -51,16 +51,26 @@ def default_img_size(model: nn.Module) -> int:
     return int(ref.img_size) if ref is not None else 256
 
 
-def check_img_size(model: nn.Module, img_size: int, divisible: bool = True) -> int:
-    """``img_size`` if it is at least the model's total stride (a smaller input vanishes before the
-    last stage) and, with ``divisible``, a multiple of it (export and timing want whole feature
-    maps); else a one-line error naming the sizes that work."""
-    stride = model_stride(model)
-    if img_size < stride:
-        raise OptionError(f"{{img_size}} is smaller than the model's total stride {stride}; use at least {stride}",
+# The input-size rule every command shares (``--img-size``). A model of total stride 32 still runs
+# at 16 px (its last maps are 1 px, then pooled), and the built-in 8 px digits train well at 16;
+# below 16 the last stages see nothing but padding, and such runs train to chance.
+MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 4096
+IMG_SIZE_WHY = (f"input sizes are {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px for every command; detectors also "
+                "need a multiple of their stride")
+
+
+def check_img_size(model: nn.Module, img_size: int, divisible: bool | None = None) -> int:
+    """``img_size`` if it is within the shared rule (:data:`MIN_IMG_SIZE` to :data:`MAX_IMG_SIZE`)
+    and, with ``divisible`` (by default for detectors: their scales must line up), a multiple of
+    the model's total stride; else a one-line error naming the sizes that work."""
+    if not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+        raise OptionError(f"{{img_size}} is outside {MIN_IMG_SIZE}..{MAX_IMG_SIZE} ({IMG_SIZE_WHY})",
                           img_size=img_size)
+    stride = model_stride(model)
+    if divisible is None:
+        divisible = hasattr(model, "heads")  # a detector (models/ sits below detection/: no isinstance)
     if divisible and img_size % stride:
         lo = img_size // stride * stride
-        raise OptionError(f"{{img_size}} is not divisible by the model's stride {stride}; use {lo} or {lo + stride}",
-                          img_size=img_size)
+        raise OptionError(f"{{img_size}} is not divisible by the model's stride {stride}; use "
+                          f"{lo or stride}" + (f" or {lo + stride}" if lo else ""), img_size=img_size)
     return img_size

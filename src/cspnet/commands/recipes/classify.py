@@ -3,16 +3,19 @@ torchvision sets on disk, the built-in digits; top-1/top-5; top-k predictions)."
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
 
-from ...data import build_classify_data, build_transform, collate, image_paths, open_image, preprocess_spec
+from ...data import build_classify_data, build_transform, collate, image_paths, preprocess_spec
+from ...data.images import read_images
 from ...data.sources import TensorImages
 from ...engine import ClassificationTask
+from ...engine.optim import AUTO_SGD_FROM_STEPS, short_run
 from ...engine.rundir import BEST, LAST
 from ...models.spec import input_channels
-from ..args import non_negative_float, positive_int
+from ..args import PROBABILITY, number, positive_int
 from ..loading import load_checkpoint_model
 
 LABEL_SMOOTHING = 0.1
@@ -28,19 +31,25 @@ class ClassifyRecipe:
 
     def add_options(self, p, verb: str) -> None:
         if verb == "train":
-            p.add_argument("--label-smoothing", type=non_negative_float, default=None,
+            p.add_argument("--label-smoothing", type=number(0, 1, high_open=True), default=None,
                            help=f"default {LABEL_SMOOTHING} (detect: 0, darknet's)")
-            p.add_argument("--hflip", type=non_negative_float, default=None,
-                           help="horizontal-flip probability (default 0.5; 0 for the digits, classify and detect)")
-            p.add_argument("--no-crop", dest="crop", action="store_false",
-                           help="no random crops in training (flip only): fits faster in short schedules")
+            p.add_argument("--hflip", type=PROBABILITY, default=None,
+                           help="horizontal-flip probability, 0 to 1 "
+                                "(default 0.5; 0 for the digits, classify and detect)")
+            p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                           help="random crops in training (default: off for short runs, up to "
+                                f"{AUTO_SGD_FROM_STEPS} optimizer steps, where they slow fitting; on for longer ones)")
         if verb == "predict":
             p.add_argument("--top", type=positive_int, default=5, help="how many classes to show (default 5)")
 
     # --- train --------------------------------------------------------------------------------
 
     def train_data(self, args, in_chans: int | None):
-        return build_classify_data(args.data, args.img_size, in_chans, args.hflip, crop=args.crop)
+        def crop(train_images: int) -> bool:  # "auto": as the optimizer, by the run's length
+            return not short_run(args.epochs * (train_images // args.batch_size))
+
+        return build_classify_data(args.data, args.img_size, in_chans, args.hflip,
+                                   crop=crop if args.crop is None else args.crop)
 
     def in_memory(self, data) -> bool:
         """Whether the images are tensors already (no loader processes needed to decode them)."""
@@ -85,7 +94,7 @@ class ClassifyRecipe:
         return load_checkpoint_model(args)
 
     def eval_data(self, args, spec: str, model, meta: dict, path: Path):
-        data = build_classify_data(spec, preprocess=self.preprocess_for(model, meta, args.img_size))
+        data = build_classify_data(spec, preprocess=self.preprocess_for(model, meta, args.img_size), train_split=False)
         classes = self.class_names(meta, model)
         if len(data.classes) != model.num_classes:
             raise ValueError(f"{path}: the model has {model.num_classes} classes, {spec} has {len(data.classes)}; "
@@ -111,12 +120,12 @@ class ClassifyRecipe:
     # --- predict ------------------------------------------------------------------------------
 
     def predict(self, args, model, meta: dict, files: list[str], device, optimize) -> None:
-        """Top-k classes of every file, printed under its name; every file is read (and a bad one
-        refused) before the model runs."""
+        """Top-k classes of every file, printed under its name; every file is read (an unreadable
+        one skipped with a warning) before the model runs."""
         pre = self.preprocess_for(model, meta, args.img_size)
         classes = self.class_names(meta, model)
         transform = build_transform(pre, train=False)
-        images = [transform(open_image(p)).as_subclass(torch.Tensor) for p in files]
+        files, images = read_images(files, lambda img: transform(img).as_subclass(torch.Tensor))
         model = model.to(device).eval()
         fast = optimize(model, torch.stack(images[: args.batch_size]).to(device))
         k = min(args.top, len(classes))

@@ -25,7 +25,7 @@ from ...data import (
     load_detection_source,
 )
 from ...data.detect_augment import MULTI_SCALE, Augment, DetectionTrainSet, MultiScaleCollate, eval_transforms
-from ...data.images import open_image, to_channels
+from ...data.images import read_images, to_channels
 from ...detection.anchors import anchor_fit, box_shapes, format_anchors, kmeans_anchors
 from ...detection.coco import class_names
 from ...detection.detector import predict_images
@@ -339,11 +339,11 @@ class DetectRecipe:
 
     def predict(self, args, model, meta: dict, files: list[str], device, optimize) -> None:
         """Draw each image's boxes into ``--out`` and write every detection to detections.json;
-        every file is read (and a bad one refused) before the model runs."""
+        every file is read (an unreadable one skipped with a warning) before the model runs."""
         from ...plots import save_image
         from ..driver import RUNS, _numbered_dir, _safe_name
 
-        images = [to_channels(open_image(p), 3) for p in files]
+        files, images = read_images(files, lambda img: to_channels(img, 3))
         size = self.img_size(args, model)
         names = class_names(model.num_classes, meta.get("classes"))
         conf = PREDICT_CONF if args.conf is None else args.conf
