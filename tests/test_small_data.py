@@ -32,7 +32,7 @@ def test_auto_is_adamw_for_short_runs_and_sgd_for_long_ones():
     unresolved = TrainConfig()
     assert (unresolved.optimizer, unresolved.lr) == ("auto", None)  # until the run's length is known
     named = TrainConfig(optimizer="sgd")  # a named optimizer settles its defaults at once
-    assert named.lr == BASE_LR["sgd"] * 64 / 256
+    assert named.lr == BASE_LR["sgd"] * 32 / 256  # the default batch of 32
 
 
 def test_a_run_says_what_auto_chose_and_saves_it(tmp_path):
