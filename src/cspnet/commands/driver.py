@@ -154,8 +154,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="detect: where the drawn images and detections.json go "
                                                 "(default runs/predict/NAME, numbered)")
     p.add_argument("--compile", action="store_true",
-                   help="let the inference optimizer also try torch.compile and oneDNN Graph (a one-time "
-                        "cost of seconds to minutes; pays off for many images)")
+                   help="let the inference optimizer also try torch.compile, oneDNN Graph and, when installed, "
+                        "ONNX Runtime and OpenVINO (a one-time cost of seconds to minutes; pays off for many "
+                        "images)")
     _add_common(p, "predict")
     _add_run_options(p, loader=False)
     p.set_defaults(func=run_predict)
@@ -477,7 +478,9 @@ def run_predict(args) -> int:
 
     def optimize(module, example):
         """The fastest exact form of the model for batches like ``example``."""
-        return optimize_for_inference(module, example, compile=args.compile, rounds=3, warmup=1)
+        # the peer engines (an ONNX export first) are one-time costs too: only with --compile
+        return optimize_for_inference(module, example, compile=args.compile, runtimes=args.compile, rounds=3,
+                                      warmup=1)
 
     recipe.predict(args, model, meta, files, device, optimize)
     return 0
