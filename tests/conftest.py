@@ -15,7 +15,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-
 @pytest.fixture(autouse=True)
 def _no_sigchld_handler_left_behind():
     """Put SIGCHLD back to its default after each test. A DataLoader with workers installs a Python
